@@ -1,0 +1,43 @@
+"""hf-gqa: convert multi-head-attention checkpoints to grouped-query attention, and uptrain them.
+
+`import hf_gqa` registers the `t5_gqa` config and model classes with transformers' Auto classes.
+"""
+
+__version__ = "0.1.0"
+
+from . import architectures, models, variants  # noqa: F401,E402  (registration)
+from .conversion import (  # noqa: E402
+    ConversionPlan,
+    convert,
+    convert_model,
+    convert_state_dict,
+    load_source,
+    plan_conversion,
+    save_converted,
+)
+from .errors import HfGqaError  # noqa: E402
+from .grouping import regroup_heads  # noqa: E402
+from .modeling.configuration_t5_gqa import T5GQAConfig  # noqa: E402
+from .modeling.modeling_t5_gqa import T5GQAEncoderModel, T5GQAForConditionalGeneration, T5GQAModel  # noqa: E402
+from .registry import list_model_types, list_variants  # noqa: E402
+from .spec import GQASpec  # noqa: E402
+
+__all__ = [
+    "ConversionPlan",
+    "GQASpec",
+    "HfGqaError",
+    "T5GQAConfig",
+    "T5GQAEncoderModel",
+    "T5GQAForConditionalGeneration",
+    "T5GQAModel",
+    "__version__",
+    "convert",
+    "convert_model",
+    "convert_state_dict",
+    "list_model_types",
+    "list_variants",
+    "load_source",
+    "plan_conversion",
+    "regroup_heads",
+    "save_converted",
+]

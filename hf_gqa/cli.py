@@ -1,0 +1,287 @@
+"""`hf-gqa`: convert checkpoints to grouped-query attention and inspect the results.
+
+Errors caused by the input (a bad --groups, an unsupported model, a missing checkpoint, an existing output folder)
+print one line and exit with status 2; nothing is left half-written.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+KINDS = ("encoder", "decoder_self", "cross")
+
+EPILOG_CONVERT = """\
+examples:
+  hf-gqa convert google-t5/t5-small --groups 4 -o t5-small-gqa4
+  hf-gqa convert google/flan-t5-base --variant mqa -o flan-t5-base-mqa
+  hf-gqa convert ./my-t5 --groups 2 --attention encoder decoder_self cross -o my-t5-gqa2
+  hf-gqa convert --config convert/t5-small_gqa4.yaml
+
+Heads are grouped in contiguous blocks (head h -> group h // (H/G)). By default the decoder self- and
+cross-attention are grouped and the encoder is kept, as in Ainslie et al. (2023). Load the result with
+`import hf_gqa` and AutoModelForSeq2SeqLM.from_pretrained(OUT), or without hf-gqa with trust_remote_code=True.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .grouping import KV_INITS
+    from .registry import list_variants
+
+    parser = argparse.ArgumentParser(
+        prog="hf-gqa", description="Convert multi-head-attention checkpoints to grouped-query attention."
+    )
+    parser.add_argument("--version", action="version", version=f"hf-gqa {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    convert = sub.add_parser(
+        "convert",
+        help="convert a checkpoint (Hub id or local folder) to GQA/MQA",
+        description="Convert a checkpoint to grouped-query attention and save it with its tokenizer, generation "
+        "config, modeling code and a model card. Prints parameters and KV-cache bytes per token before and after.",
+        epilog=EPILOG_CONVERT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    convert.add_argument("source", nargs="?", metavar="SRC", help="Hub model id or local checkpoint folder")
+    convert.add_argument("-o", "--output", metavar="OUT", help="output folder (written atomically)")
+    convert.add_argument("-g", "--groups", type=int, metavar="G", help="key/value heads after conversion (gqa)")
+    convert.add_argument("--variant", choices=list_variants(), help="gqa (default): G heads; mqa: 1; mha: H")
+    convert.add_argument(
+        "--init", choices=sorted(KV_INITS), help="how a group's K/V are initialised (default: mean of its heads)"
+    )
+    convert.add_argument(
+        "--attention", nargs="+", choices=KINDS, metavar="KIND",
+        help=f"attention kinds to convert, from {', '.join(KINDS)} (default: decoder_self cross)",
+    )
+    convert.add_argument("--seed", type=int, help="seed of --init random (default: 0)")
+    convert.add_argument(
+        "--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="output dtype (default: auto, the source's)"
+    )
+    convert.add_argument("--push-to-hub", metavar="REPO", help="also upload the result to this Hub repo")
+    convert.add_argument("--private", action="store_true", default=None, help="create the Hub repo as private")
+    convert.add_argument("--force", action="store_true", default=None, help="replace a non-empty output folder")
+    convert.add_argument(
+        "--config", metavar="YAML", help="a conversion spec (see convert/); options given here override it"
+    )
+
+    info = sub.add_parser("info", help="describe a checkpoint: variant, key/value heads, sizes")
+    info.add_argument("path", metavar="PATH", help="local folder or Hub id")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    sub.add_parser("list", help="list the supported model types and variants")
+    return parser
+
+
+CONVERT_KEYS = ("source", "output", "groups", "variant", "init", "attention", "seed", "dtype", "push_to_hub",
+                "private", "force")
+CONVERT_DEFAULTS = {"variant": "gqa", "init": "mean", "seed": 0, "dtype": "auto", "private": False, "force": False}
+
+
+def load_convert_config(path: str) -> dict:
+    """Read a conversion spec YAML (keys as the `convert` options, with `-` or `_`)."""
+    import yaml
+
+    from .errors import HfGqaError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise HfGqaError(f"cannot read --config {path!r}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise HfGqaError(f"--config {path!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise HfGqaError(f"--config {path!r} must be a mapping of convert options")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(CONVERT_KEYS))
+    if unknown:
+        raise HfGqaError(f"--config {path!r}: unknown key {unknown[0]!r}; known: {', '.join(CONVERT_KEYS)}")
+    if isinstance(data.get("attention"), str):
+        data["attention"] = [data["attention"]]
+    return data
+
+
+def _resolve_convert_options(args) -> dict:
+    from .errors import HfGqaError
+
+    options = dict(CONVERT_DEFAULTS)
+    if args.config:
+        options.update(load_convert_config(args.config))
+    options.update({k: getattr(args, k) for k in CONVERT_KEYS if getattr(args, k) is not None})
+    if not options.get("source"):
+        raise HfGqaError("SRC is required (a Hub id or a local folder), on the command line or in --config")
+    if not options.get("output"):
+        raise HfGqaError("-o/--output is required")
+    return options
+
+
+def _convert(args) -> int:
+    from .conversion.api import check_output_dir, convert_model, load_source, load_tokenizer, save_converted
+    from .conversion.core import get_architecture, plan_conversion
+    from .hub import model_card, push_folder
+    from .spec import GQASpec
+    from .stats import format_bytes, kv_cache_bytes_per_token
+
+    o = _resolve_convert_options(args)
+    spec = GQASpec(
+        variant=o["variant"],
+        groups=o.get("groups"),
+        init=o["init"],
+        attention=tuple(o["attention"]) if o.get("attention") else None,
+        seed=int(o["seed"]),
+    )
+    check_output_dir(o["output"], force=bool(o["force"]))
+    # Validate the request against the config before reading any weights.
+    from .conversion.api import load_config_dict
+
+    source_config = load_config_dict(o["source"])
+    get_architecture(source_config)
+    plan_conversion(source_config, spec)
+
+    print(f"loading {o['source']}", file=sys.stderr)
+    source_model = load_source(o["source"], dtype=o["dtype"])
+    tokenizer = load_tokenizer(o["source"])
+    model = convert_model(source_model, spec, dtype=o["dtype"], source=str(o["source"]))
+    plan = plan_conversion(source_model.config.to_dict(), spec)
+
+    before = source_model.num_parameters()
+    after = model.num_parameters()
+    kv_before = kv_cache_bytes_per_token(source_model.config.to_dict(), source_model.dtype)
+    kv_after = kv_cache_bytes_per_token(model.config.to_dict(), model.dtype)
+    location = o.get("push_to_hub") or str(o["output"])
+    card = model_card(model.config.to_dict(), plan.kv_heads, (before, after), location=location)
+    save_converted(model, o["output"], tokenizer=tokenizer, model_card=card, force=bool(o["force"]))
+
+    rows = [("parameters", f"{before:,}", f"{after:,}")]
+    for kind, (old, new) in plan.kv_heads.items():
+        rows.append((f"{kind} K/V heads", str(old), str(new)))
+    rows.append(("KV cache / target token", format_bytes(kv_before["self"]), format_bytes(kv_after["self"])))
+    rows.append(("KV cache / source token", format_bytes(kv_before["cross"]), format_bytes(kv_after["cross"])))
+    _print_table(("", "before", "after"), rows)
+    if tokenizer is None:
+        print(f"note: no tokenizer found at {o['source']}; the output has none", file=sys.stderr)
+    print(f"saved {type(model).__name__} to {o['output']}")
+    if o.get("push_to_hub"):
+        url = push_folder(o["output"], o["push_to_hub"], private=bool(o["private"]))
+        print(f"pushed to {o['push_to_hub']}: {url}")
+    return 0
+
+
+def describe_checkpoint(path: str) -> dict:
+    """What `hf-gqa info` prints, as a dict."""
+    from . import __version__
+    from .conversion.api import load_config_dict
+    from .conversion.core import get_architecture
+    from .stats import kv_cache_bytes_per_token
+
+    config = load_config_dict(path)
+    architecture = get_architecture(config)
+    kv_heads = {b.kind: b.kv_heads for b in architecture.attention_blocks(config)}
+    info = {
+        "path": str(path),
+        "model_type": config["model_type"],
+        "architectures": config.get("architectures"),
+        "num_heads": config.get("num_heads"),
+        "kv_heads": kv_heads,
+        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(config),
+        "dtype": config.get("dtype") or config.get("torch_dtype"),
+        "parameters": _count_parameters(path),
+    }
+    if config.get("gqa_variant") is not None:
+        info.update(
+            variant=config.get("gqa_variant"),
+            init=config.get("gqa_init"),
+            converted_attention=config.get("gqa_attention"),
+            source=config.get("gqa_source"),
+            source_model_type=config.get("gqa_source_model_type"),
+            hf_gqa_version=config.get("hf_gqa_version"),
+        )
+    info["loads_with"] = (
+        "import hf_gqa, or trust_remote_code=True" if config.get("auto_map") else "plain transformers"
+    )
+    info["installed_hf_gqa"] = __version__
+    return info
+
+
+def _count_parameters(path: str) -> int | None:
+    """Parameters stored in a local folder's safetensors files, read from their headers (no weights loaded)."""
+    folder = Path(path)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                n = 1
+                for dim in f.get_slice(key).get_shape():
+                    n *= dim
+                total += n
+    return total
+
+
+def _info(args) -> int:
+    from .stats import format_bytes
+
+    info = describe_checkpoint(args.path)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    rows = [("model_type", info["model_type"])]
+    for key in ("variant", "init", "source", "source_model_type", "hf_gqa_version"):
+        if info.get(key) is not None:
+            rows.append((key, str(info[key])))
+    if info.get("converted_attention"):
+        rows.append(("converted attention", ", ".join(info["converted_attention"])))
+    rows.append(("query heads", str(info["num_heads"])))
+    for kind, g in info["kv_heads"].items():
+        rows.append((f"{kind} K/V heads", str(g)))
+    if info["parameters"] is not None:
+        rows.append(("parameters", f"{info['parameters']:,}"))
+    for cache, n in info["kv_cache_bytes_per_token"].items():
+        rows.append((f"KV cache / token ({cache})", format_bytes(n)))
+    rows.append(("loads with", info["loads_with"]))
+    _print_table(("", info["path"]), rows)
+    return 0
+
+
+def _list(args) -> int:
+    from .registry import VARIANTS, list_model_types
+
+    print("model types: " + ", ".join(list_model_types()))
+    print("variants:")
+    for name, cls in sorted(VARIANTS.items()):
+        print(f"  {name:<8} {cls.summary}")
+    return 0
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for i, row in enumerate([header, *rows]):
+        print("  ".join(str(c).ljust(w) if j == 0 else str(c).rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # keep transformers' progress bars, drop its advisory warnings
+    from .errors import HfGqaError
+
+    handlers = {"convert": _convert, "info": _info, "list": _list}
+    try:
+        return handlers[args.command](args)
+    except HfGqaError as error:
+        print(f"hf-gqa: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hf-gqa: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+# Copyright 2026 The hf-gqa authors. Licensed under the Apache License, Version 2.0.
+"""T5 with grouped-query attention: stock transformers T5 whose attention modules hold G key/value heads.
+
+Ships with every converted checkpoint (remote code): imports only `torch`, `transformers` and sibling files.
+
+The model classes are the stock T5 classes; after the stock constructor has run, each attention module is swapped for
+a [`T5GQAAttention`] whose `k`/`v` projections are `G * d_kv` wide. `q`, `o`, the per-query-head relative position
+bias, the blocks, the stacks, the caches and generation are all upstream code. The KV cache stores the G heads it is
+given (`EncoderDecoderCache` needs no change); the heads are expanded only inside attention, by
+`scaled_dot_product_attention(enable_gqa=True)` or by folding queries into groups when decoding one token.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, T5EncoderModel, T5ForConditionalGeneration, T5Model
+from transformers.cache_utils import EncoderDecoderCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.t5.modeling_t5 import T5Attention
+
+from .configuration_t5_gqa import T5GQAConfig
+from .gqa_attention import eager_gqa_attention_forward, sdpa_gqa_attention_forward
+
+_GQA_ATTENTION_FUNCTIONS = {"eager": eager_gqa_attention_forward, "sdpa": sdpa_gqa_attention_forward}
+
+
+class T5GQAAttention(T5Attention):
+    """[`T5Attention`] with `num_key_value_heads` key/value heads (query head h reads head h // (H // G))."""
+
+    def __init__(
+        self,
+        config,
+        has_relative_attention_bias=False,
+        layer_idx: int | None = None,
+        is_causal: bool = False,
+        num_key_value_heads: int | None = None,
+    ):
+        super().__init__(
+            config, has_relative_attention_bias=has_relative_attention_bias, layer_idx=layer_idx, is_causal=is_causal
+        )
+        self.num_key_value_heads = num_key_value_heads or self.n_heads
+        if self.n_heads % self.num_key_value_heads:
+            raise ValueError(f"num_key_value_heads={self.num_key_value_heads} must divide num_heads={self.n_heads}")
+        if self.num_key_value_heads != self.n_heads:
+            kv_dim = self.num_key_value_heads * self.key_value_proj_dim
+            self.k = nn.Linear(self.d_model, kv_dim, bias=False)
+            self.v = nn.Linear(self.d_model, kv_dim, bias=False)
+
+    @property
+    def num_key_value_groups(self) -> int:
+        """Query heads per key/value head (read by transformers' attention functions)."""
+        return self.n_heads // self.num_key_value_heads
+
+    # Copied from transformers 5.23 `T5Attention.forward`; every change is marked `hf-gqa:`.
+    # tests/test_modeling_t5_gqa.py::test_forward_copy_matches_upstream fails when upstream changes.
+    def forward(
+        self,
+        hidden_states,
+        mask=None,
+        key_value_states=None,
+        position_bias=None,
+        past_key_values=None,
+        **kwargs,
+    ):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.key_value_proj_dim)
+        past_seen_tokens = past_key_values.get_seq_length(self.layer_idx) if past_key_values is not None else 0
+        past_seen_tokens = past_seen_tokens.clone() if isinstance(past_seen_tokens, torch.Tensor) else past_seen_tokens
+
+        is_cross_attention = key_value_states is not None
+
+        query_states = self.q(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        is_updated = False
+        if isinstance(past_key_values, EncoderDecoderCache):
+            is_updated = past_key_values.is_updated.get(self.layer_idx)
+            if is_cross_attention:
+                curr_past_key_values = past_key_values.cross_attention_cache
+            else:
+                curr_past_key_values = past_key_values.self_attention_cache
+        else:
+            curr_past_key_values = past_key_values
+
+        current_states = key_value_states if is_cross_attention else hidden_states
+        if is_cross_attention and past_key_values is not None and is_updated:
+            key_states = curr_past_key_values.layers[self.layer_idx].keys
+            value_states = curr_past_key_values.layers[self.layer_idx].values
+        else:
+            # hf-gqa: `-1` heads, so the projections give (batch, G, seq, d_kv) and the cache stores G heads.
+            kv_shape = (*current_states.shape[:-1], -1, self.key_value_proj_dim)
+            key_states = self.k(current_states).view(kv_shape).transpose(1, 2)
+            value_states = self.v(current_states).view(kv_shape).transpose(1, 2)
+
+            if past_key_values is not None:
+                key_states, value_states = curr_past_key_values.update(key_states, value_states, self.layer_idx)
+                if is_cross_attention and isinstance(past_key_values, EncoderDecoderCache):
+                    past_key_values.is_updated[self.layer_idx] = True
+
+        if position_bias is None and self.has_relative_attention_bias:
+            # hf-gqa: layers without a relative bias (cross-attention) pass no bias instead of a tensor of zeros, which
+            # would turn an unmasked call into a masked one and, with gradient checkpointing, require grad.
+            key_length = key_states.shape[-2]
+            position_bias = self.compute_bias(
+                input_shape[1], key_length, device=query_states.device, past_seen_tokens=past_seen_tokens
+            )
+
+        # hf-gqa: eager and sdpa go through grouped-head functions; others (e.g. a registered custom function) are
+        # looked up as usual and must handle grouped heads themselves.
+        implementation = self.config._attn_implementation or "eager"
+        attention_interface: Callable = _GQA_ATTENTION_FUNCTIONS.get(implementation) or (
+            ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_gqa_attention_forward)
+        )
+
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            mask,
+            dropout=0.0 if not self.training else self.dropout,
+            scaling=self.scaling,
+            position_bias=position_bias,
+            **kwargs,
+        )
+
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o(attn_output)
+
+        return attn_output, position_bias, attn_weights
+
+
+def _kv_heads_by_module(config: T5GQAConfig) -> dict[str, int]:
+    return {
+        "encoder": config.encoder_num_key_value_heads,
+        "decoder_self": config.num_key_value_heads,
+        "cross": config.cross_num_key_value_heads,
+    }
+
+
+def _use_gqa_attention(model: nn.Module, config: T5GQAConfig) -> None:
+    """Swap every attention module of the stock T5 `model` for a [`T5GQAAttention`] with its kind's G."""
+    kv_heads = _kv_heads_by_module(config)
+    for stack_name in ("encoder", "decoder"):
+        stack = getattr(model, stack_name, None)
+        if stack is None:
+            continue
+        for block in stack.block:
+            layers = [("SelfAttention", "encoder" if stack_name == "encoder" else "decoder_self")]
+            if stack.is_decoder:
+                layers.append(("EncDecAttention", "cross"))
+            for layer, (attr, kind) in zip(block.layer, layers):
+                old = getattr(layer, attr)
+                new = T5GQAAttention(
+                    stack.config,
+                    has_relative_attention_bias=old.has_relative_attention_bias,
+                    layer_idx=old.layer_idx,
+                    is_causal=old.is_causal,
+                    num_key_value_heads=kv_heads[kind],
+                )
+                model._init_weights(new)
+                setattr(layer, attr, new)
+
+
+class T5GQAModel(T5Model):
+    config: T5GQAConfig
+
+    def __init__(self, config: T5GQAConfig):
+        super().__init__(config)
+        _use_gqa_attention(self, config)
+
+
+class T5GQAForConditionalGeneration(T5ForConditionalGeneration, GenerationMixin):
+    config: T5GQAConfig
+
+    def __init__(self, config: T5GQAConfig):
+        super().__init__(config)
+        _use_gqa_attention(self, config)
+
+
+class T5GQAEncoderModel(T5EncoderModel):
+    config: T5GQAConfig
+
+    def __init__(self, config: T5GQAConfig):
+        super().__init__(config)
+        _use_gqa_attention(self, config)
+
+
+T5GQAModel.register_for_auto_class("AutoModel")
+T5GQAForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
+T5GQAEncoderModel.register_for_auto_class("AutoModelForTextEncoding")
+
+__all__ = ["T5GQAAttention", "T5GQAEncoderModel", "T5GQAForConditionalGeneration", "T5GQAModel"]

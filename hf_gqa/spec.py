@@ -1,0 +1,34 @@
+"""What a conversion should do, independent of the model it is applied to."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GQASpec:
+    """A conversion request.
+
+    Args:
+        variant: a registered variant name (`hf_gqa.list_variants()`): `gqa`, `mqa` or `mha`.
+        groups: key/value heads after conversion. An int applies to every converted attention kind; a mapping
+            gives one count per kind (e.g. `{"decoder_self": 2, "cross": 4}`). `mqa` and `mha` imply it.
+        init: how a group's K/V projection is initialised from its member heads: `mean`, `first` or `random`.
+        attention: the attention kinds to convert (T5: `encoder`, `decoder_self`, `cross`). `None` takes the
+            architecture's default (T5: decoder self- and cross-attention, as in Ainslie et al.).
+        seed: seeds `init="random"`, per tensor, so a conversion is reproducible in any tensor order.
+    """
+
+    variant: str = "gqa"
+    groups: int | Mapping[str, int] | None = None
+    init: str = "mean"
+    attention: tuple[str, ...] | None = None
+    seed: int = 0
+
+    def groups_for(self, kind: str) -> int | None:
+        """The requested key/value heads for one attention kind (None: left to the variant)."""
+        if isinstance(self.groups, Mapping):
+            return self.groups.get(kind)
+        return self.groups
+
+
+__all__ = ["GQASpec"]
