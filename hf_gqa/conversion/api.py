@@ -34,8 +34,16 @@ def _one_line(error: BaseException) -> str:
 
 def load_config_dict(source: str | os.PathLike) -> dict:
     """The raw config dict of a local folder or Hub id, with a one-line error when there is none."""
+    text = str(source)
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1  # a Hub id is `name` or `org/name`
+    if looks_local or Path(text).exists():
+        path = Path(text).expanduser()
+        if not path.is_dir():
+            raise CheckpointError(f"no checkpoint folder at {text!r}")
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{text!r} has no config.json: not a transformers checkpoint")
     try:
-        config, _ = PreTrainedConfig.get_config_dict(str(source))
+        config, _ = PreTrainedConfig.get_config_dict(text)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot read a checkpoint config from {str(source)!r}: {_one_line(error)}") from None
     if "model_type" not in config:
