@@ -35,7 +35,7 @@ def test_convert_writes_a_loadable_checkpoint_with_tokenizer_and_card(t5_dir, tm
     out_dir = tmp_path / "gqa4"
     code, out, err = run(capsys, "convert", t5_dir, "--groups", 4, "-o", out_dir)
     assert code == 0, err
-    assert "parameters" in out and "KV cache / target token" in out and "768 B" in out  # 1.5 KiB -> 768 B
+    assert "parameters" in out and "KV cache / token" in out and "KV cache / source token (cross)" in out and "768 B" in out  # 1.5 KiB -> 768 B
     names = {p.name for p in out_dir.iterdir()}
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer_config.json", "README.md",
             "modeling_t5_gqa.py"} <= names

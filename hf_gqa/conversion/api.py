@@ -7,7 +7,14 @@ import uuid
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoModelForTextEncoding, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForTextEncoding,
+    AutoTokenizer,
+)
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from ..errors import CheckpointError, HfGqaError, OutputExistsError
@@ -32,9 +39,25 @@ def _one_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def load_config_dict(source: str | os.PathLike) -> dict:
-    """The raw config dict of a local folder or Hub id, with a one-line error when there is none."""
+def _gguf(source: str | os.PathLike) -> tuple[str, dict]:
+    """A `.gguf` file loads through transformers' `gguf_file=` (dequantised); anything else as it is."""
     text = str(source)
+    if text.endswith(".gguf"):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"no GGUF file at {text!r}")
+        return str(path.parent), {"gguf_file": path.name}
+    return text, {}
+
+
+def load_config_dict(source: str | os.PathLike) -> dict:
+    """The raw config dict of a local folder, Hub id or .gguf file, with a one-line error when there is none."""
+    text, gguf = _gguf(source)
+    if gguf:
+        try:
+            return AutoConfig.from_pretrained(text, **gguf).to_dict()
+        except (OSError, ValueError, ImportError) as error:
+            raise CheckpointError(f"cannot read the GGUF file {str(source)!r}: {_one_line(error)}") from None
     looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1  # a Hub id is `name` or `org/name`
     if looks_local or Path(text).exists():
         path = Path(text).expanduser()
@@ -55,6 +78,8 @@ def _auto_class(config: dict):
     architectures = config.get("architectures") or []
     if architectures and all(a.endswith("EncoderModel") for a in architectures):
         return AutoModelForTextEncoding
+    if any(a.endswith("ForCausalLM") for a in architectures) or not config.get("is_encoder_decoder", True):
+        return AutoModelForCausalLM
     if architectures and all(a.endswith("Model") and not a.endswith("LMHeadModel") for a in architectures):
         return AutoModel
     return AutoModelForSeq2SeqLM
@@ -64,9 +89,10 @@ def load_source(source: str | os.PathLike, dtype=None) -> PreTrainedModel:
     """Load a supported checkpoint (local folder or Hub id) as a model, refusing unsupported or broken ones."""
     config = load_config_dict(source)
     get_architecture(config)  # unsupported model_type: one-line error before any weights are read
+    path, gguf = _gguf(source)
     try:
         model, info = _auto_class(config).from_pretrained(
-            str(source), dtype=resolve_dtype(dtype) or "auto", output_loading_info=True
+            path, dtype=resolve_dtype(dtype) or "auto", output_loading_info=True, **gguf
         )
     except (OSError, ValueError, RuntimeError, EnvironmentError) as error:
         raise CheckpointError(f"cannot load the checkpoint at {str(source)!r}: {_one_line(error)}") from None
@@ -154,8 +180,9 @@ def convert(
 
 def load_tokenizer(source: str | os.PathLike):
     """The source's tokenizer, or None when it has none."""
+    path, gguf = _gguf(source)
     try:
-        return AutoTokenizer.from_pretrained(str(source))
+        return AutoTokenizer.from_pretrained(path, **gguf)
     except (OSError, ValueError, TypeError):
         return None
 
