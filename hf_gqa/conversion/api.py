@@ -129,6 +129,9 @@ def convert_model(model: PreTrainedModel, spec: GQASpec, dtype=None, source: str
     source = source or getattr(model.config, "_name_or_path", None) or None
     config_dict = model.config.to_dict()
     config_dict["architectures"] = [type(model).__name__]  # what is in memory, whatever the config says
+    quantization = config_dict.pop("quantization_config", None)
+    if quantization and dict(quantization).get("quant_method") != "gguf":  # GGUF weights arrive dequantised
+        raise HfGqaError(f"cannot convert a {dict(quantization).get('quant_method')}-quantized model; load it unquantized")
     plan: ConversionPlan = plan_conversion(config_dict, spec, {"gqa_source": source, "hf_gqa_version": __version__})
     state_dict = plan.convert_state_dict(model.state_dict())
     config = AutoConfig.for_model(**plan.config)
