@@ -99,7 +99,7 @@ def test_unsupported_missing_and_corrupt_checkpoints(t5_dir, tmp_path, capsys):
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
     code, _, err = run(capsys, "convert", bert, "--groups", 2, "-o", tmp_path / "o1")
-    assert code == 2 and "model_type 'bert' is not supported; supported: mt5, t5, t5_gqa" in err
+    assert code == 2 and "model_type 'bert' is not supported; supported: llama, mistral, mt5, qwen2, t5, t5_gqa" in err
 
     code, _, err = run(capsys, "convert", tmp_path / "missing", "--groups", 2, "-o", tmp_path / "o2")
     assert code == 2 and "no checkpoint folder at" in err

@@ -87,7 +87,7 @@ def test_bad_requests_are_refused_with_one_line(source, spec, error, message):
 
 
 def test_unsupported_model_type_lists_supported_ones():
-    with pytest.raises(UnsupportedModelError, match="'bert' is not supported; supported: mt5, t5, t5_gqa"):
+    with pytest.raises(UnsupportedModelError, match="'bert' is not supported; supported: llama, mistral, mt5, qwen2, t5, t5_gqa"):
         plan_conversion({"model_type": "bert"}, GQASpec(groups=2))
 
 
