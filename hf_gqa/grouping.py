@@ -14,7 +14,10 @@ KV_INITS: dict[str, KVInit] = {}
 
 
 def kv_init(name: str):
-    """Register `fn(heads, generator) -> pooled`: `heads` is `(G, r, d, *rest)` in float32, the result `(G, d, *rest)`."""
+    """Register `fn(heads, generator) -> pooled`.
+
+    `heads` is `(G, r, d, *rest)` in float32; the result is `(G, d, *rest)`.
+    """
 
     def register(fn: KVInit) -> KVInit:
         if name in KV_INITS:

@@ -4,7 +4,11 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-KIND_NAMES = {"encoder": "encoder self-attention", "decoder_self": "decoder self-attention", "cross": "cross-attention"}
+KIND_NAMES = {
+    "encoder": "encoder self-attention",
+    "decoder_self": "decoder self-attention",
+    "cross": "cross-attention",
+}
 
 
 def _looks_like_hub_id(source: str | None) -> bool:
@@ -51,7 +55,10 @@ def model_card(
             f'model = AutoModelForSeq2SeqLM.from_pretrained("{location}", trust_remote_code=True)',
         ]
     else:
-        lines += ["from transformers import AutoModelForCausalLM", f'model = AutoModelForCausalLM.from_pretrained("{location}")']
+        lines += [
+            "from transformers import AutoModelForCausalLM",
+            f'model = AutoModelForCausalLM.from_pretrained("{location}")',
+        ]
     lines += ["```", "", "Requires `transformers>=5.23,<6`.", ""]
     return "\n".join(lines)
 
@@ -61,7 +68,10 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     info = api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message="Upload model converted with hf-gqa"
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="model",
+        commit_message="Upload model converted with hf-gqa",
     )
     return str(getattr(info, "commit_url", info))
 

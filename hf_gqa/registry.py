@@ -36,4 +36,11 @@ def list_model_types() -> list[str]:
     return sorted(ARCHITECTURES)
 
 
-__all__ = ["ARCHITECTURES", "VARIANTS", "list_model_types", "list_variants", "register_architecture", "register_variant"]
+__all__ = [
+    "ARCHITECTURES",
+    "VARIANTS",
+    "list_model_types",
+    "list_variants",
+    "register_architecture",
+    "register_variant",
+]

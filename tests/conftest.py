@@ -16,8 +16,18 @@ T5_TOKENIZER = SHARED_DATA / "t5-tokenizer"
 
 # d_model 48 != num_heads * d_kv = 64; decoder deeper than encoder (upstream generate() bug); vocab covers the
 # real tokenizer's ids only where a test needs it (see t5_dir).
-BASE = dict(d_model=48, d_kv=8, d_ff=96, num_layers=2, num_decoder_layers=3, num_heads=8, decoder_start_token_id=0,
-            dropout_rate=0.0, relative_attention_num_buckets=8, relative_attention_max_distance=20)
+BASE = dict(
+    d_model=48,
+    d_kv=8,
+    d_ff=96,
+    num_layers=2,
+    num_decoder_layers=3,
+    num_heads=8,
+    decoder_start_token_id=0,
+    dropout_rate=0.0,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=20,
+)
 FLAVOURS = {
     "t5": dict(feed_forward_proj="relu"),  # T5 v1.0: tied lm_head, decoder output scaled
     "flan": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),  # v1.1 / Flan-T5 / byT5: untied head

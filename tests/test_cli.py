@@ -35,10 +35,21 @@ def test_convert_writes_a_loadable_checkpoint_with_tokenizer_and_card(t5_dir, tm
     out_dir = tmp_path / "gqa4"
     code, out, err = run(capsys, "convert", t5_dir, "--groups", 4, "-o", out_dir)
     assert code == 0, err
-    assert "parameters" in out and "KV cache / token" in out and "KV cache / source token (cross)" in out and "768 B" in out  # 1.5 KiB -> 768 B
+    assert (
+        "parameters" in out
+        and "KV cache / token" in out
+        and "KV cache / source token (cross)" in out
+        and "768 B" in out
+    )  # 1.5 KiB -> 768 B
     names = {p.name for p in out_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer_config.json", "README.md",
-            "modeling_t5_gqa.py"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer_config.json",
+        "README.md",
+        "modeling_t5_gqa.py",
+    } <= names
     model = AutoModelForSeq2SeqLM.from_pretrained(out_dir)
     assert model.config.num_key_value_heads == 4 and model.config.encoder_num_key_value_heads == 8
     assert model.config.gqa_source == str(t5_dir)
@@ -61,8 +72,21 @@ def test_hub_id_resolves_offline_through_the_real_from_pretrained(hub_cache, tmp
 
 
 def test_info_describes_a_converted_checkpoint(t5_dir, tmp_path, capsys):
-    run(capsys, "convert", t5_dir, "--groups", 2, "--attention", "encoder", "decoder_self", "cross", "--init", "first",
-        "-o", tmp_path / "g2")
+    run(
+        capsys,
+        "convert",
+        t5_dir,
+        "--groups",
+        2,
+        "--attention",
+        "encoder",
+        "decoder_self",
+        "cross",
+        "--init",
+        "first",
+        "-o",
+        tmp_path / "g2",
+    )
     code, out, _ = run(capsys, "info", tmp_path / "g2", "--json")
     info = json.loads(out)
     assert code == 0
@@ -154,23 +178,35 @@ def test_push_to_hub_uploads_the_folder_with_its_card(t5_dir, tmp_path, capsys, 
         return "https://huggingface.co/me/tiny-gqa/commit/abc"
 
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    code, out, err = run(capsys, "convert", t5_dir, "--groups", 2, "-o", tmp_path / "out", "--push-to-hub",
-                         "me/tiny-gqa", "--private")
+    code, out, err = run(
+        capsys, "convert", t5_dir, "--groups", 2, "-o", tmp_path / "out", "--push-to-hub", "me/tiny-gqa", "--private"
+    )
     assert code == 0, err
     assert calls["create"] == ("me/tiny-gqa", {"private": True, "exist_ok": True, "repo_type": "model"})
     assert calls["upload"][0] == "me/tiny-gqa" and "model.safetensors" in calls["upload"][1]
     card = calls["card"]
-    for needle in ("library_name: transformers", "- hf-gqa", f"`{t5_dir}`", "| variant | `gqa` |", "| K/V init | `mean` |",
-                   "decoder self-attention | 8 -> 2", "cross-attention | 8 -> 2", hf_gqa.__version__,
-                   'from_pretrained("me/tiny-gqa", trust_remote_code=True)'):
+    for needle in (
+        "library_name: transformers",
+        "- hf-gqa",
+        f"`{t5_dir}`",
+        "| variant | `gqa` |",
+        "| K/V init | `mean` |",
+        "decoder self-attention | 8 -> 2",
+        "cross-attention | 8 -> 2",
+        hf_gqa.__version__,
+        'from_pretrained("me/tiny-gqa", trust_remote_code=True)',
+    ):
         assert needle in card, needle
     assert "pushed to me/tiny-gqa" in out
 
 
 def test_config_file_and_overrides(t5_dir, tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"source": str(t5_dir), "groups": 2, "output": str(tmp_path / "from-yaml"),
-                                    "attention": ["cross"]}))
+    spec.write_text(
+        yaml.safe_dump(
+            {"source": str(t5_dir), "groups": 2, "output": str(tmp_path / "from-yaml"), "attention": ["cross"]}
+        )
+    )
     code, _, err = run(capsys, "convert", "--config", spec, "--groups", 4)
     assert code == 0, err
     config = json.loads((tmp_path / "from-yaml" / "config.json").read_text())
@@ -189,14 +225,21 @@ def test_every_shipped_conversion_spec_is_valid(path):
     assert set(data) <= set(CONVERT_KEYS) and data["source"] and data["output"]
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith("# hf-gqa convert --config convert/" + path.name), first_line
-    GQASpec(variant=data.get("variant", "gqa"), groups=data.get("groups"), init=data.get("init", "mean"),
-            attention=tuple(data["attention"]) if data.get("attention") else None)
+    GQASpec(
+        variant=data.get("variant", "gqa"),
+        groups=data.get("groups"),
+        init=data.get("init", "mean"),
+        attention=tuple(data["attention"]) if data.get("attention") else None,
+    )
 
 
 def test_help_and_no_traceback_from_the_console_script(tmp_path):
     help_text = subprocess.run([sys.executable, "-m", "hf_gqa", "convert", "--help"], capture_output=True, text=True)
     for flag in ("--groups", "--variant", "--init", "--attention", "--dtype", "--push-to-hub", "--force", "--config"):
         assert flag in help_text.stdout
-    bad = subprocess.run([sys.executable, "-m", "hf_gqa", "convert", str(tmp_path / "nope"), "-g", "2", "-o",
-                          str(tmp_path / "o")], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "hf_gqa", "convert", str(tmp_path / "nope"), "-g", "2", "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.startswith("hf-gqa: error:")

@@ -19,20 +19,29 @@ def test_only_grouped_kv_change_and_the_rest_is_not_copied(source):
     new_config, new_sd = convert_state_dict(config, sd, GQASpec(groups=2))
     assert new_sd.keys() == sd.keys()
     changed = {k for k in sd if new_sd[k] is not sd[k]}
-    expected = {f"decoder.block.{i}.layer.{j}.{m}.{p}.weight"
-                for i in range(3) for j, m in ((0, "SelfAttention"), (1, "EncDecAttention")) for p in "kv"}
+    expected = {
+        f"decoder.block.{i}.layer.{j}.{m}.{p}.weight"
+        for i in range(3)
+        for j, m in ((0, "SelfAttention"), (1, "EncDecAttention"))
+        for p in "kv"
+    }
     assert changed == expected  # encoder untouched by default, q/o/bias untouched
     assert new_sd["decoder.block.0.layer.1.EncDecAttention.k.weight"].shape == (2 * 8, 48)
     assert new_config["model_type"] == "t5_gqa"
-    assert (new_config["num_key_value_heads"], new_config["cross_num_key_value_heads"],
-            new_config["encoder_num_key_value_heads"]) == (2, 2, 8)
+    assert (
+        new_config["num_key_value_heads"],
+        new_config["cross_num_key_value_heads"],
+        new_config["encoder_num_key_value_heads"],
+    ) == (2, 2, 8)
     assert new_config["gqa_attention"] == ["decoder_self", "cross"] and new_config["gqa_init"] == "mean"
 
 
 def test_encoder_is_opt_in_and_per_kind_groups(source):
     config, sd = source
-    plan = plan_conversion(config, GQASpec(groups={"encoder": 4, "decoder_self": 1, "cross": 2},
-                                            attention=("encoder", "decoder_self", "cross")))
+    plan = plan_conversion(
+        config,
+        GQASpec(groups={"encoder": 4, "decoder_self": 1, "cross": 2}, attention=("encoder", "decoder_self", "cross")),
+    )
     assert plan.kv_heads == {"encoder": (8, 4), "decoder_self": (8, 1), "cross": (8, 2)}
     new_sd = plan.convert_state_dict(sd)
     assert new_sd["encoder.block.1.layer.0.SelfAttention.v.weight"].shape == (4 * 8, 48)
@@ -87,7 +96,9 @@ def test_bad_requests_are_refused_with_one_line(source, spec, error, message):
 
 
 def test_unsupported_model_type_lists_supported_ones():
-    with pytest.raises(UnsupportedModelError, match="'bert' is not supported; supported: llama, mistral, mt5, qwen2, t5, t5_gqa"):
+    with pytest.raises(
+        UnsupportedModelError, match="'bert' is not supported; supported: llama, mistral, mt5, qwen2, t5, t5_gqa"
+    ):
         plan_conversion({"model_type": "bert"}, GQASpec(groups=2))
 
 

@@ -17,14 +17,14 @@ def test_mean_is_exactly_the_group_mean(groups):
     assert pooled.shape == (groups * D, IN)
     r = H // groups
     for g in range(groups):
-        members = [w[h * D:(h + 1) * D] for h in range(g * r, (g + 1) * r)]  # heads h -> group h // r
-        assert torch.equal(pooled[g * D:(g + 1) * D], torch.stack(members).mean(0))
+        members = [w[h * D : (h + 1) * D] for h in range(g * r, (g + 1) * r)]  # heads h -> group h // r
+        assert torch.equal(pooled[g * D : (g + 1) * D], torch.stack(members).mean(0))
 
 
 def test_first_takes_the_first_head_of_each_group():
     w = weight()
     pooled = regroup_heads(w, H, 2, init="first")
-    assert torch.equal(pooled[:D], w[:D]) and torch.equal(pooled[D:], w[4 * D:5 * D])
+    assert torch.equal(pooled[:D], w[:D]) and torch.equal(pooled[D:], w[4 * D : 5 * D])
 
 
 def test_random_is_seeded_and_matches_the_source_scale():
@@ -42,7 +42,7 @@ def test_biases_and_expansion_roundtrip():
     pooled = regroup_heads(weight(), H, 2)
     expanded = regroup_heads(pooled, 2, H)  # copy each group head back to its members: exact
     assert torch.equal(regroup_heads(expanded, H, 2), pooled)
-    assert torch.equal(expanded[:D], expanded[3 * D:4 * D])
+    assert torch.equal(expanded[:D], expanded[3 * D : 4 * D])
 
 
 def test_same_count_returns_the_tensor_itself():

@@ -47,8 +47,9 @@ def test_mha_is_exact_and_gqa_equals_the_pooled_oracle(family):
             sd[key] = regroup_heads(regroup_heads(sd[key], 8, 2), 2, 8)
     oracle = type(source).from_pretrained(None, config=source.config, state_dict=sd).eval()
     torch.testing.assert_close(logits(converted, IDS), logits(oracle, IDS), rtol=0, atol=1e-5)
-    cache = converted.generate(input_ids=IDS, max_new_tokens=4, min_new_tokens=4, do_sample=False,
-                               return_dict_in_generate=True)
+    cache = converted.generate(
+        input_ids=IDS, max_new_tokens=4, min_new_tokens=4, do_sample=False, return_dict_in_generate=True
+    )
     assert cache.past_key_values.layers[0].keys.shape[1] == 2
     no_cache = converted.generate(input_ids=IDS, max_new_tokens=4, min_new_tokens=4, do_sample=False, use_cache=False)
     assert torch.equal(cache.sequences, no_cache)
@@ -81,6 +82,10 @@ def test_output_is_a_stock_checkpoint(tmp_path):
     hf_gqa.save_converted(converted, tmp_path / "mqa")
     assert not list((tmp_path / "mqa").glob("*.py"))
     assert "auto_map" not in (tmp_path / "mqa" / "config.json").read_text()
-    result = subprocess.run([sys.executable, "-c", STOCK_LOAD, str(tmp_path / "mqa")], capture_output=True, text=True,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", STOCK_LOAD, str(tmp_path / "mqa")],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]

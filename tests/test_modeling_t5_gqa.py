@@ -50,7 +50,9 @@ def test_groups_equal_heads_reproduce_the_source_exactly(flavour, attn):
     assert torch.equal(source.generate(**enc, **kwargs), converted.generate(**enc, **kwargs))
 
 
-@pytest.mark.parametrize("groups, attention", [(2, None), (1, None), ({"encoder": 2, "decoder_self": 4, "cross": 1}, ALL)])
+@pytest.mark.parametrize(
+    "groups, attention", [(2, None), (1, None), ({"encoder": 2, "decoder_self": 4, "cross": 1}, ALL)]
+)
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_gqa_equals_the_pooled_mha_oracle(flavour, groups, attention, attn):
     source = make_t5(flavour)
@@ -109,8 +111,13 @@ def test_incremental_decoding_equals_a_full_forward(attn):
     steps = []
     with torch.no_grad():
         for t in range(inputs["decoder_input_ids"].shape[1]):
-            out = model(encoder_outputs=enc, attention_mask=inputs["attention_mask"],
-                        decoder_input_ids=inputs["decoder_input_ids"][:, t:t + 1], past_key_values=cache, use_cache=True)
+            out = model(
+                encoder_outputs=enc,
+                attention_mask=inputs["attention_mask"],
+                decoder_input_ids=inputs["decoder_input_ids"][:, t : t + 1],
+                past_key_values=cache,
+                use_cache=True,
+            )
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-4)
 

@@ -55,8 +55,9 @@ def test_saved_folder_carries_full_auto_map_and_self_contained_code(saved):
 
 
 def test_plain_save_pretrained_also_writes_remote_code(tmp_path):
-    model = hf_gqa.T5GQAForConditionalGeneration(hf_gqa.T5GQAConfig(vocab_size=64, d_model=32, d_kv=8, num_heads=4,
-                                                                     num_layers=1, num_key_value_heads=1))
+    model = hf_gqa.T5GQAForConditionalGeneration(
+        hf_gqa.T5GQAConfig(vocab_size=64, d_model=32, d_kv=8, num_heads=4, num_layers=1, num_key_value_heads=1)
+    )
     model.save_pretrained(tmp_path)
     assert (tmp_path / "gqa_attention.py").exists()
     assert len(json.loads((tmp_path / "config.json").read_text())["auto_map"]) == 4
@@ -96,7 +97,12 @@ def test_trust_remote_code_without_hf_gqa(saved, tmp_path):
     script = tmp_path / "remote.py"
     script.write_text(REMOTE)
     env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, str(script), str(path), str(tmp_path / "inputs.pt"),
-                             str(tmp_path / "out.pt")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(script), str(path), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)

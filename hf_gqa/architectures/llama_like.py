@@ -35,9 +35,16 @@ class LlamaLike(Architecture):
         for i in range(config["num_hidden_layers"]):
             prefix = f"{self._prefix(config)}layers.{i}.self_attn"
             keys = [f"{prefix}.{p}_proj.{t}" for t in (("weight", "bias") if has_bias else ("weight",)) for p in "kv"]
-            blocks.append(AttentionBlock(kind="self", prefix=prefix, num_heads=config["num_attention_heads"],
-                                         kv_heads=self._kv_heads(config), head_dim=self._head_dim(config),
-                                         kv_keys=tuple(keys)))
+            blocks.append(
+                AttentionBlock(
+                    kind="self",
+                    prefix=prefix,
+                    num_heads=config["num_attention_heads"],
+                    kv_heads=self._kv_heads(config),
+                    head_dim=self._head_dim(config),
+                    kv_keys=tuple(keys),
+                )
+            )
         return blocks
 
     def target_config(self, config: dict, kv_heads: dict[str, int], provenance: dict) -> dict:
@@ -49,8 +56,9 @@ class LlamaLike(Architecture):
         return source_architecture
 
     def kv_cache_bytes_per_token(self, config: dict, bytes_per_value: int) -> dict[str, int]:
-        return {"self": 2 * self._kv_heads(config) * self._head_dim(config) * config["num_hidden_layers"]
-                * bytes_per_value}
+        return {
+            "self": 2 * self._kv_heads(config) * self._head_dim(config) * config["num_hidden_layers"] * bytes_per_value
+        }
 
 
 register_architecture(LlamaLike())

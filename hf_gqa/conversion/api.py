@@ -14,8 +14,9 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoModelForTextEncoding,
     AutoTokenizer,
+    PreTrainedConfig,
+    PreTrainedModel,
 )
-from transformers import PreTrainedConfig, PreTrainedModel
 
 from ..errors import CheckpointError, HfGqaError, OutputExistsError
 from ..spec import GQASpec
@@ -94,7 +95,7 @@ def load_source(source: str | os.PathLike, dtype=None) -> PreTrainedModel:
         model, info = _auto_class(config).from_pretrained(
             path, dtype=resolve_dtype(dtype) or "auto", output_loading_info=True, **gguf
         )
-    except (OSError, ValueError, RuntimeError, EnvironmentError) as error:
+    except (OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"cannot load the checkpoint at {str(source)!r}: {_one_line(error)}") from None
     except Exception as error:  # safetensors' own error type, a truncated file, ...
         if type(error).__module__.split(".")[0] in ("safetensors", "json"):
@@ -131,7 +132,9 @@ def convert_model(model: PreTrainedModel, spec: GQASpec, dtype=None, source: str
     config_dict["architectures"] = [type(model).__name__]  # what is in memory, whatever the config says
     quantization = config_dict.pop("quantization_config", None)
     if quantization and dict(quantization).get("quant_method") != "gguf":  # GGUF weights arrive dequantised
-        raise HfGqaError(f"cannot convert a {dict(quantization).get('quant_method')}-quantized model; load it unquantized")
+        raise HfGqaError(
+            f"cannot convert a {dict(quantization).get('quant_method')}-quantized model; load it unquantized"
+        )
     plan: ConversionPlan = plan_conversion(config_dict, spec, {"gqa_source": source, "hf_gqa_version": __version__})
     state_dict = plan.convert_state_dict(model.state_dict())
     config = AutoConfig.for_model(**plan.config)
@@ -174,7 +177,9 @@ def convert(
     Example: `hf_gqa.convert("google-t5/t5-small", groups=4)` gives a `T5GQAForConditionalGeneration` whose decoder
     self- and cross-attention have 4 key/value heads, each the mean of 2 of the original 8.
     """
-    spec = GQASpec(variant=variant, groups=groups, init=init, attention=tuple(attention) if attention else None, seed=seed)
+    spec = GQASpec(
+        variant=variant, groups=groups, init=init, attention=tuple(attention) if attention else None, seed=seed
+    )
     if isinstance(model_or_path, PreTrainedModel):
         return convert_model(model_or_path, spec, dtype=dtype)
     model = load_source(model_or_path, dtype=dtype)
@@ -196,7 +201,9 @@ def check_output_dir(output_dir: str | os.PathLike, force: bool = False) -> Path
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputExistsError(f"output {str(output_dir)!r} exists and is not a folder")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
-        raise OutputExistsError(f"output folder {str(output_dir)!r} exists and is not empty; pass --force to replace it")
+        raise OutputExistsError(
+            f"output folder {str(output_dir)!r} exists and is not empty; pass --force to replace it"
+        )
     return output_dir
 
 

@@ -16,7 +16,9 @@ from transformers.models.t5.modeling_t5 import eager_attention_forward as t5_eag
 def eager_gqa_attention_forward(module, query, key, value, attention_mask, **kwargs):
     """T5's eager attention after repeating the G key/value heads to H (returns the attention weights)."""
     n_rep = query.shape[1] // key.shape[1]
-    return t5_eager_attention_forward(module, query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), attention_mask, **kwargs)
+    return t5_eager_attention_forward(
+        module, query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), attention_mask, **kwargs
+    )
 
 
 def sdpa_gqa_attention_forward(

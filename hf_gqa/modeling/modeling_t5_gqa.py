@@ -130,17 +130,8 @@ class T5GQAAttention(T5Attention):
         return attn_output, position_bias, attn_weights
 
 
-def _kv_heads_by_module(config: T5GQAConfig) -> dict[str, int]:
-    return {
-        "encoder": config.encoder_num_key_value_heads,
-        "decoder_self": config.num_key_value_heads,
-        "cross": config.cross_num_key_value_heads,
-    }
-
-
 def _use_gqa_attention(model: nn.Module, config: T5GQAConfig) -> None:
     """Swap every attention module of the stock T5 `model` for a [`T5GQAAttention`] with its kind's G."""
-    kv_heads = _kv_heads_by_module(config)
     for stack_name in ("encoder", "decoder"):
         stack = getattr(model, stack_name, None)
         if stack is None:
@@ -149,14 +140,14 @@ def _use_gqa_attention(model: nn.Module, config: T5GQAConfig) -> None:
             layers = [("SelfAttention", "encoder" if stack_name == "encoder" else "decoder_self")]
             if stack.is_decoder:
                 layers.append(("EncDecAttention", "cross"))
-            for layer, (attr, kind) in zip(block.layer, layers):
+            for layer, (attr, kind) in zip(block.layer, layers, strict=False):  # the last layer is the MLP
                 old = getattr(layer, attr)
                 new = T5GQAAttention(
                     stack.config,
                     has_relative_attention_bias=old.has_relative_attention_bias,
                     layer_idx=old.layer_idx,
                     is_causal=old.is_causal,
-                    num_key_value_heads=kv_heads[kind],
+                    num_key_value_heads=config.kv_heads(kind),
                 )
                 model._init_weights(new)
                 setattr(layer, attr, new)
