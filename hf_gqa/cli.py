@@ -171,8 +171,7 @@ def _convert(args) -> int:
     print(f"loading {o['source']}", file=sys.stderr)
     source_model = load_source(o["source"], dtype=o["dtype"])
     tokenizer = load_tokenizer(o["source"])
-    model = convert_model(source_model, spec, dtype=o["dtype"], source=str(o["source"]))
-    plan = plan_conversion(source_model.config.to_dict(), spec)
+    model, plan = convert_model(source_model, spec, dtype=o["dtype"], source=str(o["source"]), return_plan=True)
 
     before = source_model.num_parameters()
     after = model.num_parameters()

@@ -77,7 +77,6 @@ def continuation(model, tokenizer, prompt: str = PROMPT, tokens: int = 20) -> st
 def run_demo(groups: int = 1, texts: int = 16, output: str | None = None, force: bool = False) -> dict:
     """Convert SmolLM2 from 3 to `groups` key/value heads; report perplexity, exactness checks and a generation."""
     from .conversion.api import check_output_dir, convert_model, load_source, load_tokenizer, save_converted
-    from .conversion.core import plan_conversion
     from .hub import model_card
     from .spec import GQASpec
     from .stats import format_bytes, kv_cache_bytes_per_token
@@ -91,7 +90,7 @@ def run_demo(groups: int = 1, texts: int = 16, output: str | None = None, force:
     source = load_source(gguf).eval()
     tokenizer = load_tokenizer(gguf)
     spec = GQASpec(variant="gqa", groups=groups)
-    converted = convert_model(source, spec, source=str(gguf))
+    converted, plan = convert_model(source, spec, source=str(gguf), return_plan=True)
     mha = convert_model(source, GQASpec(variant="mha"), source=str(gguf))
     back = convert_model(mha, GQASpec(groups=source.config.num_key_value_heads), source=str(gguf))
 
@@ -115,7 +114,6 @@ def run_demo(groups: int = 1, texts: int = 16, output: str | None = None, force:
         "continuation_after": continuation(converted, tokenizer),
     }
     if output:
-        plan = plan_conversion(source.config.to_dict() | {"architectures": [type(source).__name__]}, spec)
         card = model_card(
             converted.config.to_dict(),
             plan.kv_heads,

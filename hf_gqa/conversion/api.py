@@ -122,9 +122,12 @@ def _model_class(name: str):
     return cls
 
 
-def convert_model(model: PreTrainedModel, spec: GQASpec, dtype=None, source: str | None = None) -> PreTrainedModel:
+def convert_model(
+    model: PreTrainedModel, spec: GQASpec, dtype=None, source: str | None = None, return_plan: bool = False
+):
     """Convert a model in memory. The result is built through `from_pretrained` (never `load_state_dict`, which
-    would re-tie T5's untied `lm_head`), with the source's generation config."""
+    would re-tie T5's untied `lm_head`), with the source's generation config. With `return_plan=True`, returns
+    `(model, plan)` so callers can report what changed without planning again."""
     from .. import __version__
 
     source = source or getattr(model.config, "_name_or_path", None) or None
@@ -146,7 +149,7 @@ def convert_model(model: PreTrainedModel, spec: GQASpec, dtype=None, source: str
     if getattr(model, "generation_config", None) is not None and converted.can_generate():
         converted.generation_config = model.generation_config
     converted.eval()
-    return converted
+    return (converted, plan) if return_plan else converted
 
 
 @contextlib.contextmanager
