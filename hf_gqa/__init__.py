@@ -17,13 +17,18 @@ from .conversion import (  # noqa: E402
 )
 from .errors import HfGqaError  # noqa: E402
 from .grouping import regroup_heads  # noqa: E402
+from .modeling.configuration_gpt2_gqa import GPT2GQAConfig  # noqa: E402
 from .modeling.configuration_t5_gqa import T5GQAConfig  # noqa: E402
+from .modeling.modeling_gpt2_gqa import GPT2GQALMHeadModel, GPT2GQAModel  # noqa: E402
 from .modeling.modeling_t5_gqa import T5GQAEncoderModel, T5GQAForConditionalGeneration, T5GQAModel  # noqa: E402
 from .registry import list_model_types, list_variants  # noqa: E402
 from .spec import GQASpec  # noqa: E402
 
 __all__ = [
     "ConversionPlan",
+    "GPT2GQAConfig",
+    "GPT2GQALMHeadModel",
+    "GPT2GQAModel",
     "GQASpec",
     "HfGqaError",
     "T5GQAConfig",

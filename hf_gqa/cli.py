@@ -9,18 +9,27 @@ import json
 import sys
 from pathlib import Path
 
-KINDS = ("encoder", "decoder_self", "cross")
+KINDS = ("encoder", "decoder_self", "cross", "self")
 
 EPILOG_CONVERT = """\
 examples:
   hf-gqa convert google-t5/t5-small --groups 4 -o t5-small-gqa4
   hf-gqa convert google/flan-t5-base --variant mqa -o flan-t5-base-mqa
   hf-gqa convert ./my-t5 --groups 2 --attention encoder decoder_self cross -o my-t5-gqa2
+  hf-gqa convert meta-llama/Llama-2-7b-hf --groups 8 -o llama2-7b-gqa8
+  hf-gqa convert EleutherAI/pythia-410m --groups 4 -o pythia-410m-gqa4
+  hf-gqa convert path/to/model.gguf --groups 1 -o model-mqa
   hf-gqa convert --config convert/t5-small_gqa4.yaml
 
-Heads are grouped in contiguous blocks (head h -> group h // (H/G)). By default the decoder self- and
-cross-attention are grouped and the encoder is kept, as in Ainslie et al. (2023). Load the result with
-`import hf_gqa` and AutoModelForSeq2SeqLM.from_pretrained(OUT), or without hf-gqa with trust_remote_code=True.
+Heads are grouped in contiguous blocks (head h -> group h // (H/G)); a model that is already GQA can be
+reduced further, and --variant mha expands it back by copying heads (exact).
+T5: the decoder self- and cross-attention are grouped and the encoder kept by default, as in Ainslie et al.
+(2023); the output loads with `import hf_gqa` or trust_remote_code=True.
+Decoder-only families with GQA in transformers (Llama, Mistral, Qwen2/3, Gemma, Phi-3, ...): the output is a
+stock checkpoint of the same model_type, no hf-gqa needed. GPT-NeoX/Pythia is re-expressed exactly as stock Phi.
+Families with per-head q/k norms (Qwen3, Gemma3, OLMo2, ...) convert only approximately for G < H.
+Safetensors checkpoints are converted shard by shard (memory: about one tensor); GGUF files, .bin
+checkpoints and --dtype changes go through a model in memory. `hf-gqa list` shows every model type.
 """
 
 
@@ -43,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG_CONVERT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    convert.add_argument("source", nargs="?", metavar="SRC", help="Hub model id or local checkpoint folder")
+    convert.add_argument(
+        "source", nargs="?", metavar="SRC", help="Hub model id, local checkpoint folder or .gguf file"
+    )
     convert.add_argument("-o", "--output", metavar="OUT", help="output folder (written atomically)")
     convert.add_argument("-g", "--groups", type=int, metavar="G", help="key/value heads after conversion (gqa)")
     convert.add_argument("--variant", choices=list_variants(), help="gqa (default): G heads; mqa: 1; mha: H")
@@ -55,13 +66,23 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=KINDS,
         metavar="KIND",
-        help=f"attention kinds to convert, from {', '.join(KINDS)} (default: decoder_self cross)",
+        help="attention kinds to convert: T5 encoder, decoder_self, cross (default: decoder_self cross); "
+        "decoder-only models have one kind, self",
     )
     convert.add_argument("--seed", type=int, help="seed of --init random (default: 0)")
     convert.add_argument(
         "--dtype",
         choices=("auto", "float32", "bfloat16", "float16"),
         help="output dtype (default: auto, the source's)",
+    )
+    convert.add_argument(
+        "--max-shard-size", metavar="SIZE", help="largest output weight file, e.g. 5GB (default), 500MB"
+    )
+    convert.add_argument(
+        "--in-memory",
+        action="store_true",
+        default=None,
+        help="load the whole model and convert it in memory instead of streaming safetensors shard by shard",
     )
     convert.add_argument("--push-to-hub", metavar="REPO", help="also upload the result to this Hub repo")
     convert.add_argument("--private", action="store_true", default=None, help="create the Hub repo as private")
@@ -104,8 +125,19 @@ CONVERT_KEYS = (
     "push_to_hub",
     "private",
     "force",
+    "max_shard_size",
+    "in_memory",
 )
-CONVERT_DEFAULTS = {"variant": "gqa", "init": "mean", "seed": 0, "dtype": "auto", "private": False, "force": False}
+CONVERT_DEFAULTS = {
+    "variant": "gqa",
+    "init": "mean",
+    "seed": 0,
+    "dtype": "auto",
+    "private": False,
+    "force": False,
+    "max_shard_size": "5GB",
+    "in_memory": False,
+}
 
 
 def load_convert_config(path: str) -> dict:
@@ -146,11 +178,10 @@ def _resolve_convert_options(args) -> dict:
 
 
 def _convert(args) -> int:
-    from .conversion.api import check_output_dir, convert_model, load_source, load_tokenizer, save_converted
-    from .conversion.core import get_architecture, plan_conversion
-    from .hub import model_card, push_folder
+    from .conversion.folder import convert_to_folder
+    from .hub import push_folder
     from .spec import GQASpec
-    from .stats import format_bytes, kv_cache_bytes_per_token
+    from .stats import format_bytes
 
     o = _resolve_convert_options(args)
     spec = GQASpec(
@@ -160,37 +191,35 @@ def _convert(args) -> int:
         attention=tuple(o["attention"]) if o.get("attention") else None,
         seed=int(o["seed"]),
     )
-    check_output_dir(o["output"], force=bool(o["force"]))
-    # Validate the request against the config before reading any weights.
-    from .conversion.api import load_config_dict
-
-    source_config = load_config_dict(o["source"])
-    get_architecture(source_config)
-    plan_conversion(source_config, spec)
-
-    print(f"loading {o['source']}", file=sys.stderr)
-    source_model = load_source(o["source"], dtype=o["dtype"])
-    tokenizer = load_tokenizer(o["source"])
-    model, plan = convert_model(source_model, spec, dtype=o["dtype"], source=str(o["source"]), return_plan=True)
-
-    before = source_model.num_parameters()
-    after = model.num_parameters()
-    kv_before = kv_cache_bytes_per_token(source_model.config.to_dict(), source_model.dtype)
-    kv_after = kv_cache_bytes_per_token(model.config.to_dict(), model.dtype)
-    location = o.get("push_to_hub") or str(o["output"])
-    card = model_card(model.config.to_dict(), plan.kv_heads, (before, after), location=location)
-    save_converted(model, o["output"], tokenizer=tokenizer, model_card=card, force=bool(o["force"]))
-
+    report = convert_to_folder(
+        o["source"],
+        o["output"],
+        spec,
+        dtype=o["dtype"],
+        max_shard_size=o["max_shard_size"],
+        in_memory=bool(o["in_memory"]),
+        force=bool(o["force"]),
+        location=o.get("push_to_hub") or str(o["output"]),
+    )
+    plan = report.plan
+    before, after = report.parameters
     rows = [("parameters", f"{before:,}", f"{after:,}")]
     for kind, (old, new) in plan.kv_heads.items():
         rows.append((f"{kind} K/V heads", str(old), str(new)))
+    kv_before, kv_after = report.kv_cache_bytes
     for cache, label in (("self", "KV cache / token"), ("cross", "KV cache / source token (cross)")):
         if cache in kv_before:
             rows.append((label, format_bytes(kv_before[cache]), format_bytes(kv_after[cache])))
     _print_table(("", "before", "after"), rows)
-    if tokenizer is None:
+    if plan.reexpressed_from:
+        print(f"note: {plan.reexpressed_from} was re-expressed exactly as a stock {plan.config['model_type']} model")
+    if plan.approximate:
+        print(f"warning: {plan.approximate}", file=sys.stderr)
+    if not report.has_tokenizer:
         print(f"note: no tokenizer found at {o['source']}; the output has none", file=sys.stderr)
-    print(f"saved {type(model).__name__} to {o['output']}")
+    how = "shard by shard" if report.streamed else "in memory"
+    loads = "hf-gqa or trust_remote_code=True" if plan.config.get("auto_map") else "plain transformers"
+    print(f"saved {plan.config['architectures'][0]} ({how}) to {o['output']}; loads with {loads}")
     if o.get("push_to_hub"):
         url = push_folder(o["output"], o["push_to_hub"], private=bool(o["private"]))
         print(f"pushed to {o['push_to_hub']}: {url}")
@@ -211,7 +240,7 @@ def describe_checkpoint(path: str) -> dict:
         "path": str(path),
         "model_type": config["model_type"],
         "architectures": config.get("architectures"),
-        "num_heads": config.get("num_heads"),
+        "num_heads": architecture.num_heads(config),
         "kv_heads": kv_heads,
         "kv_cache_bytes_per_token": kv_cache_bytes_per_token(config),
         "dtype": config.get("dtype") or config.get("torch_dtype"),

@@ -20,6 +20,7 @@ def model_card(
     kv_heads: dict[str, tuple[int, int]],
     parameters: tuple[int, int] | None = None,
     location: str = "path/to/this/folder",
+    approximate: str | None = None,
 ) -> str:
     """A README.md (model card) for a converted checkpoint: source, variant, groups, init, blocks, hf-gqa version."""
     source = config.get("gqa_source")
@@ -43,21 +44,25 @@ def model_card(
     if parameters:
         lines.append(f"| parameters | {parameters[0]:,} -> {parameters[1]:,} |")
     lines.append(f"| hf-gqa version | {config.get('hf_gqa_version')} |")
+    if approximate:
+        lines += ["", f"Note: {approximate}."]
+    auto = "AutoModelForSeq2SeqLM" if config.get("is_encoder_decoder") else "AutoModelForCausalLM"
     lines += ["", "## Use", "", "```python"]
     if custom:
         lines += [
             "# with hf-gqa installed (pip install hf-gqa):",
             "import hf_gqa",
-            "from transformers import AutoModelForSeq2SeqLM",
-            f'model = AutoModelForSeq2SeqLM.from_pretrained("{location}")',
+            f"from transformers import {auto}",
+            f'model = {auto}.from_pretrained("{location}")',
             "",
             "# without hf-gqa: the modeling code ships with the checkpoint",
-            f'model = AutoModelForSeq2SeqLM.from_pretrained("{location}", trust_remote_code=True)',
+            f'model = {auto}.from_pretrained("{location}", trust_remote_code=True)',
         ]
     else:
         lines += [
-            "from transformers import AutoModelForCausalLM",
-            f'model = AutoModelForCausalLM.from_pretrained("{location}")',
+            f"# a stock {config['model_type']} checkpoint: plain transformers loads it, no hf-gqa needed",
+            f"from transformers import {auto}",
+            f'model = {auto}.from_pretrained("{location}")',
         ]
     lines += ["```", "", "Requires `transformers>=5.23,<6`.", ""]
     return "\n".join(lines)

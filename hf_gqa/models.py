@@ -1,15 +1,24 @@
 """Register hf-gqa's config and model classes with transformers' Auto classes (done on `import hf_gqa`)."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoModelForTextEncoding
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForTextEncoding
 
+from .modeling.configuration_gpt2_gqa import GPT2GQAConfig
 from .modeling.configuration_t5_gqa import T5GQAConfig
+from .modeling.modeling_gpt2_gqa import GPT2GQALMHeadModel, GPT2GQAModel
 from .modeling.modeling_t5_gqa import T5GQAEncoderModel, T5GQAForConditionalGeneration, T5GQAModel
 
-MODEL_CLASSES = {cls.__name__: cls for cls in (T5GQAModel, T5GQAForConditionalGeneration, T5GQAEncoderModel)}
+MODEL_CLASSES = {
+    cls.__name__: cls
+    for cls in (T5GQAModel, T5GQAForConditionalGeneration, T5GQAEncoderModel, GPT2GQAModel, GPT2GQALMHeadModel)
+}
 
 AutoConfig.register(T5GQAConfig.model_type, T5GQAConfig, exist_ok=True)
 AutoModel.register(T5GQAConfig, T5GQAModel, exist_ok=True)
 AutoModelForSeq2SeqLM.register(T5GQAConfig, T5GQAForConditionalGeneration, exist_ok=True)
 AutoModelForTextEncoding.register(T5GQAConfig, T5GQAEncoderModel, exist_ok=True)
+
+AutoConfig.register(GPT2GQAConfig.model_type, GPT2GQAConfig, exist_ok=True)
+AutoModel.register(GPT2GQAConfig, GPT2GQAModel, exist_ok=True)
+AutoModelForCausalLM.register(GPT2GQAConfig, GPT2GQALMHeadModel, exist_ok=True)
 
 __all__ = ["MODEL_CLASSES"]

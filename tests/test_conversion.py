@@ -61,7 +61,7 @@ def test_variants_resolve_their_group_counts(source):
     config, _ = source
     assert plan_conversion(config, GQASpec(variant="mqa")).kv_heads["cross"] == (8, 1)
     assert plan_conversion(config, GQASpec(variant="mha")).kv_heads["cross"] == (8, 8)
-    assert plan_conversion(config, GQASpec(variant="mha")).rules == {}
+    assert not plan_conversion(config, GQASpec(variant="mha")).changes_tensors
 
 
 def test_a_gqa_checkpoint_can_be_reduced_further_or_expanded(source):
@@ -96,14 +96,12 @@ def test_bad_requests_are_refused_with_one_line(source, spec, error, message):
 
 
 def test_unsupported_model_type_lists_supported_ones():
-    with pytest.raises(
-        UnsupportedModelError, match="'bert' is not supported; supported: llama, mistral, mt5, qwen2, t5, t5_gqa"
-    ):
+    with pytest.raises(UnsupportedModelError, match=r"'bert' is not supported; supported: .*llama.*t5, t5_gqa"):
         plan_conversion({"model_type": "bert"}, GQASpec(groups=2))
 
 
 def test_missing_tensor_is_reported(source):
     config, sd = source
     sd = {k: v for k, v in sd.items() if k != "decoder.block.0.layer.0.SelfAttention.k.weight"}
-    with pytest.raises(HfGqaError, match="lacks attention tensors"):
+    with pytest.raises(HfGqaError, match="lacks tensors the gqa conversion of t5 needs"):
         convert_state_dict(config, sd, GQASpec(groups=2))

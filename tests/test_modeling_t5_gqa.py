@@ -28,10 +28,11 @@ def oracle(model, spec):
     """The source MHA model with every K/V head replaced by its group's pooled head (H heads kept)."""
     plan = plan_conversion(model.config.to_dict(), spec)
     sd = model.state_dict()
-    for key, rule in plan.rules.items():
-        kind = next(b.kind for b in plan.architecture.attention_blocks(model.config.to_dict()) if key in b.kv_keys)
-        before, after = plan.kv_heads[kind]
-        sd[key] = regroup_heads(rule(sd[key]), after, before)
+    converted = plan.convert_state_dict(sd)
+    for block in plan.architecture.attention_blocks(model.config.to_dict()):
+        before, after = plan.kv_heads.get(block.kind, (0, 0))
+        for key in block.kv_keys if before != after else ():
+            sd[key] = regroup_heads(converted[key], after, before)
     return type(model).from_pretrained(None, config=model.config, state_dict=sd).eval()
 
 

@@ -1,5 +1,7 @@
 """T5 family: T5 v1.0, v1.1 / Flan-T5, byT5 (`t5`), mT5 (`mt5`) and already converted `t5_gqa` checkpoints."""
 
+from collections.abc import Iterable
+
 from ..modeling.configuration_t5_gqa import KV_HEAD_FIELDS, T5_GQA_AUTO_MAP
 from ..registry import register_architecture
 from .base import Architecture, AttentionBlock
@@ -24,7 +26,7 @@ class T5(Architecture):
     def _kv_heads(config: dict, kind: str) -> int:
         return config.get(KV_HEAD_FIELDS[kind]) or config["num_heads"]
 
-    def attention_blocks(self, config: dict) -> list[AttentionBlock]:
+    def attention_blocks(self, config: dict, keys: Iterable[str] | None = None) -> list[AttentionBlock]:
         num_heads, head_dim = config["num_heads"], config["d_kv"]
         num_decoder_layers = config.get("num_decoder_layers") or config["num_layers"]
         if _is_encoder_only(config):
@@ -65,6 +67,9 @@ class T5(Architecture):
             if source_architecture.endswith(suffix):
                 return f"T5GQA{suffix}"
         return "T5GQAForConditionalGeneration"
+
+    def num_heads(self, config: dict) -> int:
+        return config["num_heads"]
 
     def kv_cache_bytes_per_token(self, config: dict, bytes_per_value: int) -> dict[str, int]:
         layers = config.get("num_decoder_layers") or config["num_layers"]

@@ -79,7 +79,9 @@ def _auto_class(config: dict):
     architectures = config.get("architectures") or []
     if architectures and all(a.endswith("EncoderModel") for a in architectures):
         return AutoModelForTextEncoding
-    if any(a.endswith("ForCausalLM") for a in architectures) or not config.get("is_encoder_decoder", True):
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or not config.get(
+        "is_encoder_decoder", True
+    ):
         return AutoModelForCausalLM
     if architectures and all(a.endswith("Model") and not a.endswith("LMHeadModel") for a in architectures):
         return AutoModel
@@ -138,8 +140,10 @@ def convert_model(
         raise HfGqaError(
             f"cannot convert a {dict(quantization).get('quant_method')}-quantized model; load it unquantized"
         )
-    plan: ConversionPlan = plan_conversion(config_dict, spec, {"gqa_source": source, "hf_gqa_version": __version__})
-    state_dict = plan.convert_state_dict(model.state_dict())
+    state_dict = model.state_dict()
+    provenance = {"gqa_source": source, "hf_gqa_version": __version__}
+    plan: ConversionPlan = plan_conversion(config_dict, spec, provenance, keys=state_dict.keys())
+    state_dict = plan.convert_state_dict(state_dict)
     config = AutoConfig.for_model(**plan.config)
     architecture = plan.config["architectures"][0]
     with _quiet_loading():
@@ -231,11 +235,18 @@ def atomic_output_dir(output_dir: str | os.PathLike, force: bool = False):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_converted(model: PreTrainedModel, output_dir, tokenizer=None, model_card: str | None = None, force=False):
+def save_converted(
+    model: PreTrainedModel,
+    output_dir,
+    tokenizer=None,
+    model_card: str | None = None,
+    force=False,
+    max_shard_size: int | str = "5GB",
+):
     """Save a converted model (weights, config, remote code, generation config), its tokenizer and model card into
     `output_dir`, atomically."""
     with atomic_output_dir(output_dir, force=force) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if model_card is not None:

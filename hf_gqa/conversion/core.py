@@ -1,12 +1,12 @@
 """The converter: a pure function over (config dict, tensors).
 
-`plan_conversion` reads only the config and returns a `ConversionPlan`: the new config and, for each tensor that
-changes, a rule mapping the old tensor to the new one. Applying the plan tensor by tensor is what lets the same code
-convert a model in memory or a checkpoint streamed shard by shard.
+`plan_conversion` reads only the config (and, when known, the checkpoint's tensor names) and returns a
+`ConversionPlan`: the new config and a lazy `TensorMap` saying which tensors change and how. Applying the map tensor
+by tensor is what lets the same code convert a model in memory or a checkpoint streamed shard by shard.
 """
 
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -16,26 +16,24 @@ from ..errors import HfGqaError, InvalidGroupsError, UnsupportedModelError
 from ..grouping import KV_INITS
 from ..registry import ARCHITECTURES, VARIANTS, list_model_types, list_variants
 from ..spec import GQASpec
-
-TensorRule = Callable[[torch.Tensor], torch.Tensor]
+from ..tensormap import TensorMap, TensorOp
 
 
 @dataclass(frozen=True)
 class ConversionPlan:
-    architecture: Architecture
+    architecture: Architecture  # the adapter of the family converted (after any re-expression)
     config: dict  # the converted checkpoint's config
     kv_heads: dict[str, tuple[int, int]]  # attention kind -> (key/value heads before, after)
-    rules: dict[str, TensorRule] = field(repr=False)  # state-dict key -> rule; keys absent here are unchanged
+    tensors: TensorMap = field(repr=False)
+    approximate: str | None = None  # why the result is not exactly the pooled-keys model, if it is not
+    reexpressed_from: str | None = None  # the source model_type when the family was re-expressed (e.g. gpt_neox)
 
-    def convert_tensor(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
-        rule = self.rules.get(key)
-        return tensor if rule is None else rule(tensor)
+    @property
+    def changes_tensors(self) -> bool:
+        return not self.tensors.is_identity
 
     def convert_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        missing = sorted(set(self.rules) - set(state_dict))
-        if missing:
-            raise HfGqaError(f"checkpoint lacks attention tensors it should have, e.g. {missing[0]}")
-        return {key: self.convert_tensor(key, tensor) for key, tensor in state_dict.items()}
+        return self.tensors.apply(state_dict)
 
 
 def get_architecture(config: Mapping) -> Architecture:
@@ -53,10 +51,24 @@ def _generator(seed: int, key: str) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{key}".encode()))
 
 
-def plan_conversion(config: Mapping, spec: GQASpec, provenance: Mapping | None = None) -> ConversionPlan:
-    """Plan the conversion of a checkpoint with this `config` (a config dict) as `spec` asks."""
+def plan_conversion(
+    config: Mapping, spec: GQASpec, provenance: Mapping | None = None, keys: Iterable[str] | None = None
+) -> ConversionPlan:
+    """Plan the conversion of a checkpoint with this `config` (a config dict) as `spec` asks.
+
+    `keys`, the checkpoint's tensor names when known, lets an adapter match how a checkpoint on disk names its
+    tensors (some keep no base-model prefix).
+    """
     config = dict(config)
+    keys = list(keys) if keys is not None else None
+    source_model_type = config.get("model_type")
     architecture = get_architecture(config)
+    prelude = None
+    reexpressed = architecture.reexpress(config, keys)
+    if reexpressed is not None:
+        config, prelude = reexpressed
+        architecture = get_architecture(config)
+        keys = prelude.output_keys(keys) if keys is not None else None
     if spec.variant not in VARIANTS:
         raise HfGqaError(f"unknown variant {spec.variant!r}; choose one of {', '.join(list_variants())}")
     if spec.init not in KV_INITS:
@@ -72,7 +84,7 @@ def plan_conversion(config: Mapping, spec: GQASpec, provenance: Mapping | None =
             f"choose from {', '.join(architecture.attention_kinds)}"
         )
 
-    blocks = architecture.attention_blocks(config)
+    blocks = architecture.attention_blocks(config, keys)
     kv_heads: dict[str, tuple[int, int]] = {}
     for kind in kinds:
         block = next((b for b in blocks if b.kind == kind), None)
@@ -81,31 +93,48 @@ def plan_conversion(config: Mapping, spec: GQASpec, provenance: Mapping | None =
         new = variant.kv_heads(kind, block.num_heads, block.kv_heads, spec.groups_for(kind))
         kv_heads[kind] = (block.kv_heads, new)
 
-    rules: dict[str, TensorRule] = {}
+    ops: dict[str, TensorOp] = {}
+    required: set[str] = set()
+    optional: set[str] = set()
     for block in blocks:
         if block.kind not in kv_heads or kv_heads[block.kind][0] == kv_heads[block.kind][1]:
             continue
         current, new = kv_heads[block.kind]
-        for key in block.kv_keys:
-            rules[key] = _kv_rule(variant, key, current, new, spec)
+
+        def regroup(key, tensor, current=current, new=new, norm_keys=block.norm_keys):
+            init = spec.init if key not in norm_keys else ("first" if spec.init == "first" else "mean")
+            generator = _generator(spec.seed, key) if init == "random" else None
+            return variant.convert_kv(tensor, current, new, init, generator)
+
+        block_ops = architecture.tensor_ops(block, regroup)
+        ops.update(block_ops)
+        required.update(k for k in block.kv_keys if k in block_ops)
+        optional.update(block.optional_kv_keys)
+    tensors = TensorMap(
+        ops=ops,
+        required=frozenset(required),
+        optional=frozenset(optional),
+        name=f"{spec.variant} conversion of {architecture.name}",
+    )
+    if prelude is not None:
+        tensors = prelude.then(tensors)
 
     provenance = {
         "gqa_variant": spec.variant,
         "gqa_init": spec.init,
         "gqa_attention": list(kinds),
-        "gqa_source_model_type": config.get("model_type"),
+        "gqa_source_model_type": source_model_type,
         **(provenance or {}),
     }
     new_config = architecture.target_config(config, {k: v[1] for k, v in kv_heads.items()}, provenance)
-    return ConversionPlan(architecture=architecture, config=new_config, kv_heads=kv_heads, rules=rules)
-
-
-def _kv_rule(variant, key: str, current: int, new: int, spec: GQASpec) -> TensorRule:
-    def rule(tensor: torch.Tensor) -> torch.Tensor:
-        generator = _generator(spec.seed, key) if spec.init == "random" else None
-        return variant.convert_kv(tensor, current, new, spec.init, generator)
-
-    return rule
+    return ConversionPlan(
+        architecture=architecture,
+        config=new_config,
+        kv_heads=kv_heads,
+        tensors=tensors,
+        approximate=architecture.approximation(config, kv_heads),
+        reexpressed_from=source_model_type if prelude is not None else None,
+    )
 
 
 def convert_state_dict(
@@ -115,7 +144,7 @@ def convert_state_dict(
 
     Tensors that do not change are returned as the same objects (no copy).
     """
-    plan = plan_conversion(config, spec, provenance)
+    plan = plan_conversion(config, spec, provenance, keys=state_dict.keys())
     return plan.config, plan.convert_state_dict(state_dict)
 
 
