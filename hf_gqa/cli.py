@@ -20,6 +20,8 @@ examples:
   hf-gqa convert EleutherAI/pythia-410m --groups 4 -o pythia-410m-gqa4
   hf-gqa convert path/to/model.gguf --groups 1 -o model-mqa
   hf-gqa convert --config convert/t5-small_gqa4.yaml
+  hf-gqa convert google-t5/t5-small --variant wgqa --groups 4 -o t5-small-wgqa4
+  hf-gqa convert ./my-llama --variant wgqa --groups 2 --weights vector_out --weights-init 0.5 -o my-llama-wgqa2
 
 Heads are grouped in contiguous blocks (head h -> group h // (H/G)); a model that is already GQA can be
 reduced further, and --variant mha expands it back by copying heads (exact).
@@ -30,12 +32,31 @@ stock checkpoint of the same model_type, no hf-gqa needed. GPT-NeoX/Pythia is re
 Families with per-head q/k norms (Qwen3, Gemma3, OLMo2, ...) convert only approximately for G < H.
 Safetensors checkpoints are converted shard by shard (memory: about one tensor); GGUF files, .bin
 checkpoints and --dtype changes go through a model in memory. `hf-gqa list` shows every model type.
+
+WGQA (--variant wgqa, randwgqa) writes a training form: every original K/V head is kept, and learned weights
+(--weights scalar: one per head; vector_out: one per output feature; vector_in: one per input feature) combine
+each group's heads into its K/V head. --weights-init mean (1/group size: it starts as the GQA model) or a number
+(the paper's 0.5 for groups of two); randwgqa draws them from N(0, 1), seeded by --seed. The training form loads
+with `import hf_gqa` or trust_remote_code=True; after uptraining, `hf-gqa fold` gives the plain GQA checkpoint.
+WGQA supports T5 and the decoder families with separate k_proj/v_proj (not Phi-3, not GPT-2).
+"""
+
+EPILOG_FOLD = """\
+examples:
+  hf-gqa fold t5-small-wgqa4-uptrained -o t5-small-gqa4
+  hf-gqa fold ./llama-wgqa2-uptrained -o llama-gqa2 --max-shard-size 2GB
+
+Each weighted K/V projection becomes the G-head projection it computes (W_g = sum_i w_i W_i over the group's
+heads, biases likewise) and the extra weights are dropped: the logits stay the same. T5 stays t5_gqa (loads with
+`import hf_gqa` or trust_remote_code=True); a decoder family becomes a stock checkpoint (e.g. LlamaForCausalLM
+with num_key_value_heads=G) that plain transformers loads. Safetensors checkpoints are folded shard by shard.
 """
 
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
     from .grouping import KV_INITS
+    from .modeling.weighted_kv import WEIGHT_SHAPES
     from .registry import list_variants
 
     parser = argparse.ArgumentParser(
@@ -56,10 +77,25 @@ def _parser() -> argparse.ArgumentParser:
         "source", nargs="?", metavar="SRC", help="Hub model id, local checkpoint folder or .gguf file"
     )
     convert.add_argument("-o", "--output", metavar="OUT", help="output folder (written atomically)")
-    convert.add_argument("-g", "--groups", type=int, metavar="G", help="key/value heads after conversion (gqa)")
-    convert.add_argument("--variant", choices=list_variants(), help="gqa (default): G heads; mqa: 1; mha: H")
+    convert.add_argument("-g", "--groups", type=int, metavar="G", help="key/value heads after conversion (gqa, wgqa)")
+    convert.add_argument(
+        "--variant",
+        choices=list_variants(),
+        help="gqa (default): G heads; mqa: 1; mha: H; wgqa, randwgqa: G learned weighted sums (a training form)",
+    )
     convert.add_argument(
         "--init", choices=sorted(KV_INITS), help="how a group's K/V are initialised (default: mean of its heads)"
+    )
+    convert.add_argument(
+        "--weights",
+        choices=WEIGHT_SHAPES,
+        help="wgqa/randwgqa: one weight per head (scalar, default), per output feature (vector_out) or per input "
+        "feature (vector_in) of each head",
+    )
+    convert.add_argument(
+        "--weights-init",
+        metavar="mean|FLOAT",
+        help="wgqa: the weights' initial value: mean (1/group size, default: starts as GQA) or a number (e.g. 0.5)",
     )
     convert.add_argument(
         "--attention",
@@ -69,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         help="attention kinds to convert: T5 encoder, decoder_self, cross (default: decoder_self cross); "
         "decoder-only models have one kind, self",
     )
-    convert.add_argument("--seed", type=int, help="seed of --init random (default: 0)")
+    convert.add_argument("--seed", type=int, help="seed of --init random and of randwgqa (default: 0)")
     convert.add_argument(
         "--dtype",
         choices=("auto", "float32", "bfloat16", "float16"),
@@ -91,6 +127,29 @@ def _parser() -> argparse.ArgumentParser:
         "--config", metavar="YAML", help="a conversion spec (see convert/); options given here override it"
     )
 
+    fold = sub.add_parser(
+        "fold",
+        help="fold a WGQA training form into the plain GQA checkpoint",
+        description="Fold the learned K/V weights of a WGQA training form (hf-gqa convert --variant wgqa, after "
+        "uptraining) into plain grouped projections and save the GQA checkpoint with its tokenizer, generation "
+        "config and a model card.",
+        epilog=EPILOG_FOLD,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fold.add_argument("source", metavar="SRC", help="local folder or Hub id of a WGQA training form")
+    fold.add_argument("-o", "--output", metavar="OUT", help="output folder (written atomically)")
+    fold.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="output dtype (default: auto, the source's)",
+    )
+    fold.add_argument("--max-shard-size", metavar="SIZE", default="5GB", help="largest output weight file (5GB)")
+    fold.add_argument("--in-memory", action="store_true", help="load the model instead of folding shard by shard")
+    fold.add_argument("--push-to-hub", metavar="REPO", help="also upload the result to this Hub repo")
+    fold.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    fold.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+
     info = sub.add_parser("info", help="describe a checkpoint: variant, key/value heads, sizes")
     info.add_argument("path", metavar="PATH", help="local folder or Hub id")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -110,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", metavar="OUT", help="also save the converted model here")
     demo.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     demo.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    from . import report
+
+    report.add_parser(sub)
     return parser
 
 
@@ -127,6 +189,8 @@ CONVERT_KEYS = (
     "force",
     "max_shard_size",
     "in_memory",
+    "weights",
+    "weights_init",
 )
 CONVERT_DEFAULTS = {
     "variant": "gqa",
@@ -178,10 +242,12 @@ def _resolve_convert_options(args) -> dict:
 
 
 def _convert(args) -> int:
+    from .conversion.api import load_config_dict
     from .conversion.folder import convert_to_folder
+    from .fold import is_training_form
     from .hub import push_folder
     from .spec import GQASpec
-    from .stats import format_bytes
+    from .stats import format_bytes, weighted_kv_parameters
 
     o = _resolve_convert_options(args)
     spec = GQASpec(
@@ -190,6 +256,8 @@ def _convert(args) -> int:
         init=o["init"],
         attention=tuple(o["attention"]) if o.get("attention") else None,
         seed=int(o["seed"]),
+        weights=o.get("weights"),
+        weights_init=o.get("weights_init"),
     )
     report = convert_to_folder(
         o["source"],
@@ -210,8 +278,13 @@ def _convert(args) -> int:
     for cache, label in (("self", "KV cache / token"), ("cross", "KV cache / source token (cross)")):
         if cache in kv_before:
             rows.append((label, format_bytes(kv_before[cache]), format_bytes(kv_after[cache])))
+    extra = weighted_kv_parameters(plan.config)
+    if extra:
+        rows.append((f"WGQA weights ({plan.config['gqa_kv_weights']})", "", f"{extra:,}"))
     _print_table(("", "before", "after"), rows)
-    if plan.reexpressed_from:
+    if plan.reexpressed_from and is_training_form(load_config_dict(o["source"])):
+        print("note: the source is a WGQA training form: it was folded before the conversion")
+    elif plan.reexpressed_from:
         print(f"note: {plan.reexpressed_from} was re-expressed exactly as a stock {plan.config['model_type']} model")
     if plan.approximate:
         print(f"warning: {plan.approximate}", file=sys.stderr)
@@ -220,9 +293,43 @@ def _convert(args) -> int:
     how = "shard by shard" if report.streamed else "in memory"
     loads = "hf-gqa or trust_remote_code=True" if plan.config.get("auto_map") else "plain transformers"
     print(f"saved {plan.config['architectures'][0]} ({how}) to {o['output']}; loads with {loads}")
+    if extra:
+        print(f"WGQA training form: uptrain it, then `hf-gqa fold {o['output']} -o OUT` for the plain GQA checkpoint")
     if o.get("push_to_hub"):
         url = push_folder(o["output"], o["push_to_hub"], private=bool(o["private"]))
         print(f"pushed to {o['push_to_hub']}: {url}")
+    return 0
+
+
+def _fold(args) -> int:
+    from .errors import HfGqaError
+    from .fold import fold_to_folder
+    from .hub import push_folder
+
+    if not args.output:
+        raise HfGqaError("-o/--output is required")
+    report = fold_to_folder(
+        args.source,
+        args.output,
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        in_memory=args.in_memory,
+        force=args.force,
+        location=args.push_to_hub or str(args.output),
+    )
+    before, after = report.parameters
+    rows = [("parameters", f"{before:,}", f"{after:,}")]
+    for kind, (heads, groups) in report.kv_heads.items():
+        rows.append((f"{kind} K/V heads", f"{groups} (sums of {heads})", str(groups)))
+    _print_table(("", "training form", "folded"), rows)
+    how = "shard by shard" if report.streamed else "in memory"
+    loads = "hf-gqa or trust_remote_code=True" if report.config.get("auto_map") else "plain transformers"
+    print(f"saved {report.config['architectures'][0]} ({how}) to {args.output}; loads with {loads}")
+    if not report.has_tokenizer:
+        print(f"note: no tokenizer found at {args.source}; the output has none", file=sys.stderr)
+    if args.push_to_hub:
+        url = push_folder(args.output, args.push_to_hub, private=args.private)
+        print(f"pushed to {args.push_to_hub}: {url}")
     return 0
 
 
@@ -231,7 +338,7 @@ def describe_checkpoint(path: str) -> dict:
     from . import __version__
     from .conversion.api import load_config_dict
     from .conversion.core import get_architecture
-    from .stats import kv_cache_bytes_per_token
+    from .stats import kv_cache_bytes_per_token, weighted_kv_parameters
 
     config = load_config_dict(path)
     architecture = get_architecture(config)
@@ -254,6 +361,12 @@ def describe_checkpoint(path: str) -> dict:
             source=config.get("gqa_source"),
             source_model_type=config.get("gqa_source_model_type"),
             hf_gqa_version=config.get("hf_gqa_version"),
+        )
+    if config.get("gqa_kv_weights"):  # the WGQA training form
+        info.update(
+            kv_weights=config["gqa_kv_weights"],
+            kv_source_heads=config.get("gqa_kv_source_heads"),
+            extra_parameters=weighted_kv_parameters(config),
         )
     info["loads_with"] = "import hf_gqa, or trust_remote_code=True" if config.get("auto_map") else "plain transformers"
     info["installed_hf_gqa"] = __version__
@@ -293,10 +406,16 @@ def _info(args) -> int:
     if info.get("converted_attention"):
         rows.append(("converted attention", ", ".join(info["converted_attention"])))
     rows.append(("query heads", str(info["num_heads"])))
+    source_heads = info.get("kv_source_heads") or {}
     for kind, g in info["kv_heads"].items():
-        rows.append((f"{kind} K/V heads", str(g)))
+        rows.append(
+            (f"{kind} K/V heads", f"{g} (learned sums of {source_heads[kind]})" if kind in source_heads else str(g))
+        )
     if info["parameters"] is not None:
         rows.append(("parameters", f"{info['parameters']:,}"))
+    if info.get("kv_weights"):
+        rows.append(("K/V weights", f"{info['kv_weights']}: WGQA training form, fold with `hf-gqa fold`"))
+        rows.append(("extra parameters", f"{info['extra_parameters']:,}"))
     for cache, n in info["kv_cache_bytes_per_token"].items():
         rows.append((f"KV cache / token ({cache})", format_bytes(n)))
     rows.append(("loads with", info["loads_with"]))
@@ -307,7 +426,9 @@ def _info(args) -> int:
 def _list(args) -> int:
     from .registry import VARIANTS, list_model_types
 
-    print("model types: " + ", ".join(list_model_types()))
+    types = list_model_types()
+    print("model types: " + ", ".join(t for t in types if not t.endswith("_wgqa")))
+    print("WGQA training forms (fold or convert them): " + ", ".join(t for t in types if t.endswith("_wgqa")))
     print("variants:")
     for name, cls in sorted(VARIANTS.items()):
         print(f"  {name:<8} {cls.summary}")
@@ -341,9 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # keep transformers' progress bars, drop its advisory warnings
+    from . import report
     from .errors import HfGqaError
 
-    handlers = {"convert": _convert, "info": _info, "list": _list, "demo": _demo}
+    handlers = {"convert": _convert, "fold": _fold, "info": _info, "list": _list, "demo": _demo, "report": report.run}
     try:
         return handlers[args.command](args)
     except HfGqaError as error:

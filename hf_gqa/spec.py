@@ -9,13 +9,19 @@ class GQASpec:
     """A conversion request.
 
     Args:
-        variant: a registered variant name (`hf_gqa.list_variants()`): `gqa`, `mqa` or `mha`.
+        variant: a registered variant name (`hf_gqa.list_variants()`): `gqa`, `mqa`, `mha`, `wgqa` or `randwgqa`.
         groups: key/value heads after conversion. An int applies to every converted attention kind; a mapping
             gives one count per kind (e.g. `{"decoder_self": 2, "cross": 4}`). `mqa` and `mha` imply it.
-        init: how a group's K/V projection is initialised from its member heads: `mean`, `first` or `random`.
+        init: how a group's K/V projection is initialised from its member heads: `mean`, `first` or `random`
+            (`gqa`, `mqa`; the WGQA variants keep every head and take `weights_init` instead).
         attention: the attention kinds to convert (T5: `encoder`, `decoder_self`, `cross`). `None` takes the
             architecture's default (T5: decoder self- and cross-attention, as in Ainslie et al.).
-        seed: seeds `init="random"`, per tensor, so a conversion is reproducible in any tensor order.
+        seed: seeds `init="random"` and `randwgqa`, per tensor, so a conversion is reproducible in any tensor order.
+        weights: `wgqa`/`randwgqa` only: the shape of the learned weights that combine each group's K/V heads:
+            `scalar` (one per head, the paper's; the default), `vector_out` (one per output feature of a head) or
+            `vector_in` (one per input feature of a head).
+        weights_init: `wgqa` only: `mean` (1 / group size, the default: the training form starts as the GQA model)
+            or a number (the paper's 0.5, for groups of two). `randwgqa` draws them from N(0, 1).
     """
 
     variant: str = "gqa"
@@ -23,6 +29,8 @@ class GQASpec:
     init: str = "mean"
     attention: tuple[str, ...] | None = None
     seed: int = 0
+    weights: str | None = None
+    weights_init: str | float | None = None
 
     def groups_for(self, kind: str) -> int | None:
         """The requested key/value heads for one attention kind (None: left to the variant)."""

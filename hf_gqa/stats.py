@@ -1,4 +1,4 @@
-"""Sizes a user cares about: parameters and KV-cache bytes per token."""
+"""Sizes a user cares about: parameters, KV-cache bytes per token, the extra parameters of a WGQA training form."""
 
 from collections.abc import Mapping
 
@@ -22,6 +22,26 @@ def kv_cache_bytes_per_token(config: Mapping, dtype=None) -> dict[str, int]:
     return get_architecture(config).kv_cache_bytes_per_token(dict(config), dtype_bytes(dtype))
 
 
+def weighted_kv_parameters(config: Mapping) -> int:
+    """The extra parameters of a WGQA training form (its K/V mixing weights; 0 for any other checkpoint): what
+    `hf_gqa.fold` removes, besides the K/V heads it folds."""
+    from .modeling.weighted_kv import mixer_shape
+
+    shape = config.get("gqa_kv_weights")
+    if not shape:
+        return 0
+    source_heads = config.get("gqa_kv_source_heads") or {}
+    in_features = config.get("d_model") or config.get("hidden_size") or config.get("n_embd")
+    total = 0
+    for block in get_architecture(config).attention_blocks(dict(config)):
+        if block.kind in source_heads:
+            n = 1
+            for dim in mixer_shape(shape, source_heads[block.kind], block.head_dim, in_features):
+                n *= dim
+            total += 2 * n  # keys and values
+    return total
+
+
 def format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -30,4 +50,4 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-__all__ = ["dtype_bytes", "format_bytes", "kv_cache_bytes_per_token"]
+__all__ = ["dtype_bytes", "format_bytes", "kv_cache_bytes_per_token", "weighted_kv_parameters"]

@@ -60,6 +60,20 @@ class Architecture:
         """The model class name the converted checkpoint is saved as."""
         raise NotImplementedError
 
+    def training_config(self, target: dict, source_heads: dict[str, int], weights: str) -> dict:
+        """The WGQA training form of a converted config: `source_heads` (attention kind -> K/V heads kept) are
+        combined by learned weights of shape `weights`. Families without a training form refuse by name."""
+        from ..errors import UnsupportedModelError
+
+        raise UnsupportedModelError(
+            f"{target.get('gqa_source_model_type') or target.get('model_type')} has no WGQA training form in hf-gqa; "
+            "WGQA supports T5 and the decoder families with separate k_proj/v_proj (hf-gqa list)"
+        )
+
+    def folded_config(self, config: dict) -> dict:
+        """The plain GQA config of a WGQA training-form config (see `hf_gqa.fold`)."""
+        raise NotImplementedError
+
     def kv_cache_bytes_per_token(self, config: dict, bytes_per_value: int) -> dict[str, int]:
         """KV-cache bytes one token adds, per cache (e.g. {"self": ..., "cross": ...})."""
         raise NotImplementedError

@@ -132,7 +132,7 @@ class NativeGQA(Architecture):
         return blocks
 
     def tensor_ops(self, block: AttentionBlock, regroup: Regroup) -> dict[str, TensorOp]:
-        if block.prefix.endswith("self_attn") and block.kv_keys[0].endswith("qkv_proj.weight"):
+        if block.kv_keys and block.kv_keys[0].endswith("qkv_proj.weight"):
             return self._fused_qkv_ops(block, regroup)
         ops = dict(
             in_place(key, lambda t, key=key: regroup(key, t))
@@ -192,6 +192,33 @@ class NativeGQA(Architecture):
     def target_architecture(self, source_architecture: str) -> str:
         return source_architecture
 
+    def training_config(self, target: dict, source_heads: dict[str, int], weights: str) -> dict:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM_NAMES
+
+        from ..errors import UnsupportedModelError
+        from ..modeling.configuration_wgqa_decoder import SUFFIX, WGQA_FAMILIES, wgqa_auto_map, wgqa_class_name
+
+        model_type = target["model_type"]
+        if model_type not in WGQA_FAMILIES:
+            raise UnsupportedModelError(
+                f"{model_type} fuses q, k and v into one projection (qkv_proj): WGQA is not supported for it; "
+                "use --variant gqa"
+            )
+        architectures = target.get("architectures") or [CAUSAL_LM_NAMES[model_type]]
+        unknown = [a for a in architectures if not a.endswith(("ForCausalLM", "Model"))]
+        if unknown:
+            raise UnsupportedModelError(
+                f"cannot give a {unknown[0]} a WGQA training form: hf-gqa has one for *ForCausalLM and *Model only"
+            )
+        return dict(
+            target,
+            model_type=f"{model_type}{SUFFIX}",
+            architectures=[wgqa_class_name(a) for a in architectures],
+            auto_map=wgqa_auto_map(model_type),
+            gqa_kv_weights=weights,
+            gqa_kv_source_heads=dict(source_heads),
+        )
+
     def kv_cache_bytes_per_token(self, config: dict, bytes_per_value: int) -> dict[str, int]:
         layers = config["num_hidden_layers"]
         return {"self": 2 * self._kv_heads(config) * self.head_dim(config) * layers * bytes_per_value}
@@ -202,4 +229,34 @@ class NativeGQA(Architecture):
 
 register_architecture(NativeGQA())
 
-__all__ = ["QK_NORMS", "NativeGQA"]
+
+class NativeWGQA(NativeGQA):
+    """The WGQA training form of the native families (`llama_wgqa`, ...): described as the stock family with its G
+    heads, and converted (or folded, `hf_gqa.fold`) through the stock checkpoint it folds into."""
+
+    name = "native-wgqa"
+    source_model_types = tuple(f"{t}_wgqa" for t in NativeGQA.source_model_types if t != "phi3")
+
+    @staticmethod
+    def _qk_norm(config: dict) -> QKNorm | None:
+        return NativeGQA._qk_norm(dict(config, model_type=config["model_type"].removesuffix("_wgqa")))
+
+    def reexpress(self, config: dict, keys: Iterable[str] | None = None):
+        from ..fold import plan_fold
+
+        return plan_fold(config, keys)
+
+    def folded_config(self, config: dict) -> dict:
+        from ..modeling.configuration_wgqa_decoder import stock_class_name
+
+        drop = ("gqa_kv_weights", "gqa_kv_source_heads", "auto_map")
+        folded = {k: v for k, v in config.items() if k not in drop}
+        folded["model_type"] = config["model_type"].removesuffix("_wgqa")
+        if config.get("architectures"):
+            folded["architectures"] = [stock_class_name(a) for a in config["architectures"]]
+        return folded
+
+
+register_architecture(NativeWGQA())
+
+__all__ = ["QK_NORMS", "NativeGQA", "NativeWGQA"]

@@ -62,6 +62,19 @@ class T5(Architecture):
         target.update(provenance)
         return target
 
+    def training_config(self, target: dict, source_heads: dict[str, int], weights: str) -> dict:
+        return dict(target, gqa_kv_weights=weights, gqa_kv_source_heads=dict(source_heads))
+
+    def reexpress(self, config: dict, keys: Iterable[str] | None = None):
+        if not config.get("gqa_kv_weights"):
+            return None
+        from ..fold import plan_fold  # a WGQA training form is converted as the GQA model it folds into
+
+        return plan_fold(config, keys)
+
+    def folded_config(self, config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in ("gqa_kv_weights", "gqa_kv_source_heads")}
+
     def target_architecture(self, source_architecture: str) -> str:
         for suffix in _CLASS_SUFFIXES:
             if source_architecture.endswith(suffix):

@@ -125,11 +125,12 @@ def _model_class(name: str):
 
 
 def convert_model(
-    model: PreTrainedModel, spec: GQASpec, dtype=None, source: str | None = None, return_plan: bool = False
+    model: PreTrainedModel, spec: GQASpec | None, dtype=None, source: str | None = None, return_plan: bool = False
 ):
     """Convert a model in memory. The result is built through `from_pretrained` (never `load_state_dict`, which
     would re-tie T5's untied `lm_head`), with the source's generation config. With `return_plan=True`, returns
-    `(model, plan)` so callers can report what changed without planning again."""
+    `(model, plan)` so callers can report what changed without planning again. `spec=None` only re-expresses the
+    model (e.g. folds a WGQA training form, see `hf_gqa.fold`), keeping its provenance."""
     from .. import __version__
 
     source = source or getattr(model.config, "_name_or_path", None) or None
@@ -141,7 +142,9 @@ def convert_model(
             f"cannot convert a {dict(quantization).get('quant_method')}-quantized model; load it unquantized"
         )
     state_dict = model.state_dict()
-    provenance = {"gqa_source": source, "hf_gqa_version": __version__}
+    provenance = {"hf_gqa_version": __version__}
+    if spec is not None:
+        provenance = {"gqa_source": source, **provenance}
     plan: ConversionPlan = plan_conversion(config_dict, spec, provenance, keys=state_dict.keys())
     state_dict = plan.convert_state_dict(state_dict)
     config = AutoConfig.for_model(**plan.config)
@@ -178,14 +181,24 @@ def convert(
     attention: tuple[str, ...] | list[str] | None = None,
     seed: int = 0,
     dtype=None,
+    weights: str | None = None,
+    weights_init: str | float | None = None,
 ) -> PreTrainedModel:
     """Convert a model, a local folder or a Hub id to grouped-query attention and return the converted model.
 
     Example: `hf_gqa.convert("google-t5/t5-small", groups=4)` gives a `T5GQAForConditionalGeneration` whose decoder
     self- and cross-attention have 4 key/value heads, each the mean of 2 of the original 8.
+    `variant="wgqa"` (or `"randwgqa"`) gives the WGQA training form instead (`weights`, `weights_init`: see
+    `GQASpec`); fold it with `hf_gqa.fold` after uptraining.
     """
     spec = GQASpec(
-        variant=variant, groups=groups, init=init, attention=tuple(attention) if attention else None, seed=seed
+        variant=variant,
+        groups=groups,
+        init=init,
+        attention=tuple(attention) if attention else None,
+        seed=seed,
+        weights=weights,
+        weights_init=weights_init,
     )
     if isinstance(model_or_path, PreTrainedModel):
         return convert_model(model_or_path, spec, dtype=dtype)

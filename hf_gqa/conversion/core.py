@@ -42,7 +42,8 @@ def get_architecture(config: Mapping) -> Architecture:
         return ARCHITECTURES[model_type]
     except KeyError:
         raise UnsupportedModelError(
-            f"model_type {model_type!r} is not supported; supported: {', '.join(list_model_types())}"
+            f"model_type {model_type!r} is not supported; supported: "
+            + ", ".join(t for t in list_model_types() if not t.endswith("_wgqa"))  # not the WGQA training forms
         ) from None
 
 
@@ -52,12 +53,13 @@ def _generator(seed: int, key: str) -> torch.Generator:
 
 
 def plan_conversion(
-    config: Mapping, spec: GQASpec, provenance: Mapping | None = None, keys: Iterable[str] | None = None
+    config: Mapping, spec: GQASpec | None, provenance: Mapping | None = None, keys: Iterable[str] | None = None
 ) -> ConversionPlan:
     """Plan the conversion of a checkpoint with this `config` (a config dict) as `spec` asks.
 
     `keys`, the checkpoint's tensor names when known, lets an adapter match how a checkpoint on disk names its
-    tensors (some keep no base-model prefix).
+    tensors (some keep no base-model prefix). With `spec=None` the plan only re-expresses the checkpoint exactly
+    (a WGQA training form folded, GPT-NeoX as Phi; anything else unchanged) and leaves its K/V heads as they are.
     """
     config = dict(config)
     keys = list(keys) if keys is not None else None
@@ -69,11 +71,14 @@ def plan_conversion(
         config, prelude = reexpressed
         architecture = get_architecture(config)
         keys = prelude.output_keys(keys) if keys is not None else None
+    if spec is None:
+        return _reexpression_plan(architecture, config, prelude, provenance, source_model_type)
     if spec.variant not in VARIANTS:
         raise HfGqaError(f"unknown variant {spec.variant!r}; choose one of {', '.join(list_variants())}")
     if spec.init not in KV_INITS:
         raise HfGqaError(f"unknown init {spec.init!r}; choose one of {', '.join(sorted(KV_INITS))}")
     variant = VARIANTS[spec.variant]()
+    variant.check_spec(spec)
     kinds = tuple(spec.attention) if spec.attention else architecture.default_attention
     unknown = [k for k in kinds if k not in architecture.attention_kinds]
     if isinstance(spec.groups, Mapping):
@@ -93,11 +98,21 @@ def plan_conversion(
         new = variant.kv_heads(kind, block.num_heads, block.kv_heads, spec.groups_for(kind))
         kv_heads[kind] = (block.kv_heads, new)
 
+    provenance = {
+        "gqa_variant": spec.variant,
+        **variant.provenance(spec),
+        "gqa_attention": list(kinds),
+        "gqa_source_model_type": source_model_type,
+        **(provenance or {}),
+    }
+    # Before the tensors: a family the variant cannot produce is refused by name, not by a tensor it lacks.
+    new_config = variant.target_config(architecture, config, kv_heads, provenance, spec)
+
     ops: dict[str, TensorOp] = {}
     required: set[str] = set()
     optional: set[str] = set()
     for block in blocks:
-        if block.kind not in kv_heads or kv_heads[block.kind][0] == kv_heads[block.kind][1]:
+        if block.kind not in kv_heads or not variant.rewrites(*kv_heads[block.kind]):
             continue
         current, new = kv_heads[block.kind]
 
@@ -106,7 +121,7 @@ def plan_conversion(
             generator = _generator(spec.seed, key) if init == "random" else None
             return variant.convert_kv(tensor, current, new, init, generator)
 
-        block_ops = architecture.tensor_ops(block, regroup)
+        block_ops = variant.tensor_ops(architecture, block, current, new, spec, regroup)
         ops.update(block_ops)
         required.update(k for k in block.kv_keys if k in block_ops)
         optional.update(block.optional_kv_keys)
@@ -118,21 +133,31 @@ def plan_conversion(
     )
     if prelude is not None:
         tensors = prelude.then(tensors)
-
-    provenance = {
-        "gqa_variant": spec.variant,
-        "gqa_init": spec.init,
-        "gqa_attention": list(kinds),
-        "gqa_source_model_type": source_model_type,
-        **(provenance or {}),
-    }
-    new_config = architecture.target_config(config, {k: v[1] for k, v in kv_heads.items()}, provenance)
     return ConversionPlan(
         architecture=architecture,
         config=new_config,
         kv_heads=kv_heads,
         tensors=tensors,
         approximate=architecture.approximation(config, kv_heads),
+        reexpressed_from=source_model_type if prelude is not None else None,
+    )
+
+
+def _reexpression_plan(
+    architecture: Architecture,
+    config: dict,
+    prelude: TensorMap | None,
+    provenance: Mapping | None,
+    source_model_type: str | None,
+) -> ConversionPlan:
+    kv_heads: dict[str, tuple[int, int]] = {}
+    for block in architecture.attention_blocks(config):
+        kv_heads.setdefault(block.kind, (block.kv_heads, block.kv_heads))
+    return ConversionPlan(
+        architecture=architecture,
+        config={**config, **(provenance or {})},
+        kv_heads=kv_heads,
+        tensors=prelude if prelude is not None else TensorMap(name="re-expression"),
         reexpressed_from=source_model_type if prelude is not None else None,
     )
 

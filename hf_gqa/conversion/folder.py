@@ -41,6 +41,7 @@ def convert_to_folder(
     converted in memory. Both paths give bit-identical tensors.
     """
     from .. import __version__
+    from ..fold import remove_stale_code
     from ..hub import model_card
 
     check_output_dir(output, force=force)
@@ -60,6 +61,7 @@ def convert_to_folder(
 
         result = save_streamed(folder, output, spec, provenance, max_shard_size, card, force, progress)
         plan, parameters = result.plan, result.parameters
+        remove_stale_code(output, plan.config)  # a WGQA training form's code, when the output is a stock checkpoint
         has_tokenizer = any((Path(output) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     else:
         model = load_source(source, dtype=dtype)

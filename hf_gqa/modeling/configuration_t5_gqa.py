@@ -10,6 +10,8 @@ import copy
 from huggingface_hub.dataclasses import strict
 from transformers import T5Config
 
+from .weighted_kv import WEIGHT_SHAPES
+
 # Written into every saved config, so that `trust_remote_code=True` resolves each Auto class, not only the class
 # that was saved (transformers records one class per save).
 T5_GQA_AUTO_MAP = {
@@ -44,6 +46,12 @@ class T5GQAConfig(T5Config):
     gqa_source (`str`, *optional*): the checkpoint this one was converted from. Provenance only.
     gqa_source_model_type (`str`, *optional*): the `model_type` of that checkpoint. Provenance only.
     hf_gqa_version (`str`, *optional*): the hf-gqa version that wrote the checkpoint. Provenance only.
+    gqa_kv_weights (`str`, *optional*):
+        Set in the WGQA training form only: the shape of the learned weights that combine each group's K/V heads
+        (`scalar`, `vector_out` or `vector_in`, see `weighted_kv.py`). `None`: plain GQA projections.
+    gqa_kv_source_heads (`dict[str, int]`, *optional*):
+        With `gqa_kv_weights`: attention kind -> the K/V heads its weighted projections keep (each group of
+        `heads // G` contiguous ones is combined into one of the kind's G heads). Kinds not listed are plain.
 
     Heads are grouped in contiguous blocks: query head `h` reads key/value head `h // (num_heads // G)`, the
     convention of transformers' `repeat_kv`.
@@ -60,6 +68,8 @@ class T5GQAConfig(T5Config):
     gqa_source: str | None = None
     gqa_source_model_type: str | None = None
     hf_gqa_version: str | None = None
+    gqa_kv_weights: str | None = None
+    gqa_kv_source_heads: dict[str, int] | None = None
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
@@ -70,6 +80,7 @@ class T5GQAConfig(T5Config):
             self.encoder_num_key_value_heads = self.num_heads
         if getattr(self, "auto_map", None) is None:
             self.auto_map = dict(T5_GQA_AUTO_MAP)
+        self._check_weights()  # here as well as in `validate_architecture`, so a bad config raises a plain ValueError
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
@@ -82,10 +93,32 @@ class T5GQAConfig(T5Config):
                 raise ValueError(
                     f"`{field}`={g} ({kind} attention) must divide num_heads={self.num_heads}; valid values: {valid}"
                 )
+        self._check_weights()
+
+    def _check_weights(self):
+        if self.gqa_kv_weights is None:
+            return
+        if self.gqa_kv_weights not in WEIGHT_SHAPES:
+            raise ValueError(f"`gqa_kv_weights`={self.gqa_kv_weights!r} must be one of {', '.join(WEIGHT_SHAPES)}")
+        for kind, heads in (self.gqa_kv_source_heads or {}).items():
+            if kind not in KV_HEAD_FIELDS:
+                raise ValueError(f"`gqa_kv_source_heads`: unknown attention kind {kind!r}")
+            groups = self.kv_heads(kind)
+            if heads < 1 or self.num_heads % heads or not isinstance(groups, int) or groups < 1 or heads % groups:
+                raise ValueError(
+                    f"`gqa_kv_source_heads`[{kind!r}]={heads} must divide num_heads={self.num_heads} and be a "
+                    f"multiple of the {groups} key/value heads of {kind} attention"
+                )
 
     def kv_heads(self, kind: str) -> int:
         """Key/value heads of one attention kind: `encoder`, `decoder_self` or `cross`."""
         return getattr(self, KV_HEAD_FIELDS[kind])
+
+    def kv_source_heads(self, kind: str) -> int | None:
+        """The K/V heads the weighted projections of one attention kind keep (WGQA training form), else None."""
+        if self.gqa_kv_weights is None:
+            return None
+        return (self.gqa_kv_source_heads or {}).get(kind)
 
     def get_text_config(self, decoder=None, encoder=None):
         # transformers sizes the generation cache from `num_hidden_layers` (= `num_layers`, the *encoder* depth), so

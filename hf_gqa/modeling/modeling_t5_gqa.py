@@ -8,6 +8,10 @@ a [`T5GQAAttention`] whose `k`/`v` projections are `G * d_kv` wide. `q`, `o`, th
 bias, the blocks, the stacks, the caches and generation are all upstream code. The KV cache stores the G heads it is
 given (`EncoderDecoderCache` needs no change); the heads are expanded only inside attention, by
 `scaled_dot_product_attention(enable_gqa=True)` or by folding queries into groups when decoding one token.
+
+The WGQA training form (`config.gqa_kv_weights` set) makes the `k`/`v` of the weighted attention kinds
+[`WeightedKV`] projections: they keep every original head and learn how each group's heads are combined into one of
+the G heads the attention reads (and the cache stores). `hf_gqa.fold` turns them back into plain projections.
 """
 
 from collections.abc import Callable
@@ -15,18 +19,24 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from transformers import GenerationMixin, T5EncoderModel, T5ForConditionalGeneration, T5Model
+from transformers import initialization as init
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.t5.modeling_t5 import T5Attention
 
 from .configuration_t5_gqa import T5GQAConfig
 from .gqa_attention import eager_gqa_attention_forward, sdpa_gqa_attention_forward
+from .weighted_kv import HeadMixer, WeightedKV
 
 _GQA_ATTENTION_FUNCTIONS = {"eager": eager_gqa_attention_forward, "sdpa": sdpa_gqa_attention_forward}
 
 
 class T5GQAAttention(T5Attention):
-    """[`T5Attention`] with `num_key_value_heads` key/value heads (query head h reads head h // (H // G))."""
+    """[`T5Attention`] with `num_key_value_heads` key/value heads (query head h reads head h // (H // G)).
+
+    With `kv_weights` (WGQA training form), `k` and `v` are [`WeightedKV`] projections that keep
+    `kv_source_heads` heads and combine each group of them with learned weights of that shape.
+    """
 
     def __init__(
         self,
@@ -35,6 +45,8 @@ class T5GQAAttention(T5Attention):
         layer_idx: int | None = None,
         is_causal: bool = False,
         num_key_value_heads: int | None = None,
+        kv_weights: str | None = None,
+        kv_source_heads: int | None = None,
     ):
         super().__init__(
             config, has_relative_attention_bias=has_relative_attention_bias, layer_idx=layer_idx, is_causal=is_causal
@@ -42,7 +54,13 @@ class T5GQAAttention(T5Attention):
         self.num_key_value_heads = num_key_value_heads or self.n_heads
         if self.n_heads % self.num_key_value_heads:
             raise ValueError(f"num_key_value_heads={self.num_key_value_heads} must divide num_heads={self.n_heads}")
-        if self.num_key_value_heads != self.n_heads:
+        if kv_weights is not None:
+            heads = kv_source_heads or self.n_heads
+            self.k, self.v = (
+                WeightedKV(self.d_model, heads, self.num_key_value_heads, self.key_value_proj_dim, weights=kv_weights)
+                for _ in range(2)
+            )
+        elif self.num_key_value_heads != self.n_heads:
             kv_dim = self.num_key_value_heads * self.key_value_proj_dim
             self.k = nn.Linear(self.d_model, kv_dim, bias=False)
             self.v = nn.Linear(self.d_model, kv_dim, bias=False)
@@ -148,12 +166,26 @@ def _use_gqa_attention(model: nn.Module, config: T5GQAConfig) -> None:
                     layer_idx=old.layer_idx,
                     is_causal=old.is_causal,
                     num_key_value_heads=config.kv_heads(kind),
+                    kv_weights=config.gqa_kv_weights if config.kv_source_heads(kind) else None,
+                    kv_source_heads=config.kv_source_heads(kind),
                 )
-                model._init_weights(new)
+                model._init_weights(new)  # a HeadMixer initialises itself (to the mean)
                 setattr(layer, attr, new)
 
 
-class T5GQAModel(T5Model):
+def _init_head_mixer(module: nn.Module) -> None:
+    """The mixers of the WGQA training form start at their mean (what `from_pretrained` uses for missing ones)."""
+    if isinstance(module, HeadMixer):
+        init.constant_(module.weight, module.init_value)
+
+
+class _T5GQAInit:
+    def _init_weights(self, module):
+        super()._init_weights(module)  # T5's: a `T5Attention`'s `k.weight`/`v.weight`, also when they are weighted
+        _init_head_mixer(module)
+
+
+class T5GQAModel(_T5GQAInit, T5Model):
     config: T5GQAConfig
 
     def __init__(self, config: T5GQAConfig):
@@ -161,7 +193,7 @@ class T5GQAModel(T5Model):
         _use_gqa_attention(self, config)
 
 
-class T5GQAForConditionalGeneration(T5ForConditionalGeneration, GenerationMixin):
+class T5GQAForConditionalGeneration(_T5GQAInit, T5ForConditionalGeneration, GenerationMixin):
     config: T5GQAConfig
 
     def __init__(self, config: T5GQAConfig):
@@ -169,7 +201,7 @@ class T5GQAForConditionalGeneration(T5ForConditionalGeneration, GenerationMixin)
         _use_gqa_attention(self, config)
 
 
-class T5GQAEncoderModel(T5EncoderModel):
+class T5GQAEncoderModel(_T5GQAInit, T5EncoderModel):
     config: T5GQAConfig
 
     def __init__(self, config: T5GQAConfig):

@@ -1,11 +1,16 @@
 """A variant is a small strategy: how many key/value heads each attention block gets and how its tensors change."""
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ..errors import InvalidGroupsError
+from ..errors import HfGqaError, InvalidGroupsError
 from ..grouping import regroup_heads, valid_group_counts
+
+if TYPE_CHECKING:
+    from ..architectures.base import Architecture, AttentionBlock, Regroup
+    from ..spec import GQASpec
+    from ..tensormap import TensorOp
 
 
 class Variant:
@@ -23,6 +28,37 @@ class Variant:
     ) -> torch.Tensor:
         """The new K or V weight (or bias) from the old one."""
         return regroup_heads(tensor, current, new, init=init, generator=generator)
+
+    def check_spec(self, spec: "GQASpec") -> None:
+        """Refuse options this variant does not take (one line)."""
+        if spec.weights is not None or spec.weights_init is not None:
+            raise HfGqaError(f"--weights and --weights-init apply to wgqa and randwgqa only, not to {self.name!r}")
+
+    def provenance(self, spec: "GQASpec") -> dict:
+        """Config entries recording how the checkpoint was converted (besides the variant's name)."""
+        return {"gqa_init": spec.init}
+
+    def rewrites(self, current: int, new: int) -> bool:
+        """Whether a converted block with `current` K/V heads and `new` after has tensors to change."""
+        return current != new
+
+    def tensor_ops(
+        self,
+        architecture: "Architecture",
+        block: "AttentionBlock",
+        current: int,
+        new: int,
+        spec: "GQASpec",
+        regroup: "Regroup",
+    ) -> dict[str, "TensorOp"]:
+        """How a converted block's tensors change: by default its K/V heads are regrouped by `convert_kv`."""
+        return architecture.tensor_ops(block, regroup)
+
+    def target_config(
+        self, architecture: "Architecture", config: dict, kv_heads: dict[str, tuple[int, int]], provenance: dict, spec
+    ) -> dict:
+        """The converted checkpoint's config dict (by default the architecture's, with the new K/V heads)."""
+        return architecture.target_config(config, {kind: after for kind, (_, after) in kv_heads.items()}, provenance)
 
     @staticmethod
     def check_groups(kind: str, num_heads: int, current: int, groups: int) -> int:

@@ -1,0 +1,103 @@
+# Copyright 2026 The hf-gqa authors. Licensed under the Apache License, Version 2.0.
+"""The WGQA training form of decoder-only families: stock models whose `k_proj`/`v_proj` are [`WeightedKV`].
+
+Ships with every WGQA training-form checkpoint (remote code): imports only `torch`, `transformers` and sibling files.
+
+For each family of `configuration_wgqa_decoder.WGQA_FAMILIES` this module defines `<Family>WGQAModel` and
+`<Family>WGQAForCausalLM`: the stock classes, whose constructor runs unchanged, after which every
+`self_attn.k_proj`/`v_proj` is swapped for a [`WeightedKV`] that keeps the original heads and outputs the
+`num_key_value_heads` grouped heads. Attention, RoPE, q/k norms, caches and generation are upstream code: they read
+G heads, so the KV cache holds G heads while training. `hf_gqa.fold` gives the stock model back.
+"""
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.models.auto import modeling_auto
+
+from .configuration_wgqa_decoder import SUFFIX, WGQA_CONFIGS, wgqa_class_name
+from .weighted_kv import HeadMixer, WeightedKV
+
+
+def _use_weighted_kv(model: nn.Module, config) -> None:
+    """Swap the `k_proj`/`v_proj` of every self-attention of the stock `model` for [`WeightedKV`] projections."""
+    heads, groups = config.kv_source_heads("self"), config.num_key_value_heads
+    attentions = [m for name, m in model.named_modules() if name.endswith("self_attn")]
+    if not attentions:
+        raise ValueError(f"{type(model).__name__} has no `self_attn` modules to weight")
+    for attention in attentions:
+        for name in ("k_proj", "v_proj"):
+            old = getattr(attention, name)
+            if not isinstance(old, nn.Linear) or old.out_features % groups:
+                raise ValueError(f"{type(attention).__name__}.{name} is not a linear projection of {groups} heads")
+            new = WeightedKV(
+                old.in_features,
+                heads,
+                groups,
+                old.out_features // groups,
+                bias=old.bias is not None,
+                weights=config.gqa_kv_weights,
+                device=old.weight.device,
+                dtype=old.weight.dtype,
+            )
+            model._init_weights(new)
+            setattr(attention, name, new)
+
+
+@torch.no_grad()
+def _init_weighted_kv(model, module: nn.Module) -> None:
+    if isinstance(module, WeightedKV):
+        init.normal_(module.weight, mean=0.0, std=getattr(model.config, "initializer_range", None) or 0.02)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, HeadMixer):
+        init.constant_(module.weight, module.init_value)
+
+
+def _wgqa_model_class(base: type, config_class: type) -> type:
+    class WGQAModel(base):
+        def __init__(self, config):
+            super().__init__(config)
+            _use_weighted_kv(self, config)
+
+        def _init_weights(self, module):
+            super()._init_weights(module)
+            _init_weighted_kv(self, module)
+
+    WGQAModel.config_class = config_class
+    WGQAModel.__name__ = WGQAModel.__qualname__ = wgqa_class_name(base.__name__)
+    WGQAModel.__module__ = __name__
+    WGQAModel.__doc__ = (
+        f"[`{base.__name__}`] in the WGQA training form: `self_attn.k_proj`/`v_proj` are [`WeightedKV`] projections."
+    )
+    return WGQAModel
+
+
+def _stock_class(names: dict, model_type: str) -> type:
+    import transformers
+
+    return getattr(transformers, names[model_type])
+
+
+# model_type of the stock family -> {"AutoModel": class, "AutoModelForCausalLM": class}; each class is also a global
+# of this module, so an `auto_map` entry such as `modeling_wgqa_decoder.LlamaWGQAForCausalLM` resolves.
+WGQA_MODELS: dict[str, dict[str, type]] = {}
+for _model_type, _config_class in WGQA_CONFIGS.items():
+    WGQA_MODELS[_model_type] = {}
+    for _auto, _names in (
+        ("AutoModel", modeling_auto.MODEL_MAPPING_NAMES),
+        ("AutoModelForCausalLM", modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+    ):
+        _cls = _wgqa_model_class(_stock_class(_names, _model_type), _config_class)
+        _cls.register_for_auto_class(_auto)
+        WGQA_MODELS[_model_type][_auto] = _cls
+        globals()[_cls.__name__] = _cls
+    # Families whose checkpoints on disk are laid out differently from the model in memory (MoE experts) convert on
+    # load and back on save by `model_type`; the training form uses its family's conversion.
+    _mapping = get_checkpoint_conversion_mapping(_model_type)
+    if _mapping:
+        register_checkpoint_conversion_mapping(f"{_model_type}{SUFFIX}", _mapping, overwrite=True)
+del _model_type, _config_class, _auto, _names, _cls, _mapping
+
+__all__ = ["WGQA_MODELS", *(cls.__name__ for models in WGQA_MODELS.values() for cls in models.values())]

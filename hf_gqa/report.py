@@ -1,0 +1,333 @@
+"""`hf-gqa report RUNS...`: the uptraining runs side by side, in the shape of the WGQA paper's Table I.
+
+Each RUN is a run folder of `recipes/uptrain_summarization.py` (it holds `all_results.json`), that file itself, or a
+folder of run folders. Runs whose configs differ only in their seed (and in where they wrote) are one row, shown as
+mean ± standard deviation over the seeds. Columns: variant, key/value heads, parameters, KV-cache bytes per token,
+ROUGE-1, ROUGE-2, ROUGE-L, ROUGE-Lsum and decode tokens/s. Writes `report.md`, `report.csv` and a plot of ROUGE
+against KV-cache size, `rouge_vs_kv_cache.png`, into `--output-dir`, and prints the markdown table.
+"""
+
+import csv
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from .errors import HfGqaError
+from .stats import format_bytes
+
+RESULTS = "all_results.json"
+ROUGE = (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L"), ("rougeLsum", "ROUGE-Lsum"))
+VARIANT_NAMES = {
+    "mha": "MHA",
+    "mqa": "MQA",
+    "gqa": "GQA",
+    "wgqa": "WGQA",
+    "randwgqa": "RandWGQA",
+    "simgqa": "SimGQA",
+}
+# Config keys that do not change what a run measures: runs differing only in these are seeds of one row.
+RUN_SPECIFIC = {
+    "seed",
+    "convert_seed",
+    "output_dir",
+    "overwrite_output_dir",
+    "resume_from_checkpoint",
+    "cache_dir",
+    "preprocessing_num_workers",
+    "logging_steps",
+    "tensorboard",
+    "checkpointing_steps",
+    "checkpoints_total_limit",
+    "decode_benchmark_tokens",
+    "num_processes",
+    "eval_steps",
+}
+PLOT = "rouge_vs_kv_cache.png"
+
+
+def find_results(paths: list[str]) -> list[Path]:
+    """The `all_results.json` files named by RUN arguments (a file, a run folder, or a folder of run folders)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            found.append(path)
+        elif (path / RESULTS).is_file():
+            found.append(path / RESULTS)
+        elif path.is_dir() and (inner := sorted(path.glob(f"*/{RESULTS}"))):
+            found.extend(inner)
+        elif path.is_dir():
+            raise HfGqaError(f"{raw!r} holds no {RESULTS}: not a finished run of recipes/uptrain_summarization.py")
+        else:
+            raise HfGqaError(f"no run at {raw!r}")
+    return found
+
+
+def load_run(path: Path) -> dict:
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise HfGqaError(f"cannot read {str(path)!r}: {error}") from None
+    if not isinstance(run, dict) or "model" not in run or not any(f"eval_{k}" in run for k, _ in ROUGE):
+        raise HfGqaError(f"{str(path)!r} is not the all_results.json of an uptraining run")
+    run["_path"] = str(path)
+    return run
+
+
+def _label(run: dict) -> str:
+    config, model = run.get("config") or {}, run.get("model") or {}
+    if config.get("run_name"):
+        return str(config["run_name"])
+    variant = config.get("convert_variant") or model.get("variant")
+    if not variant:
+        return Path(run["_path"]).parent.name
+    name = VARIANT_NAMES.get(variant, variant)
+    heads = _converted_heads(model)
+    if variant not in ("mha", "mqa") and len(set(heads.values())) == 1:
+        name += f"-{next(iter(heads.values()))}"
+    if config.get("lora_r"):
+        name += f" (LoRA r={config['lora_r']})"
+    return name
+
+
+def _converted_heads(model: dict) -> dict[str, int]:
+    heads = model.get("kv_heads") or {}
+    kinds = model.get("converted_attention") or list(heads)
+    return {kind: heads[kind] for kind in kinds if kind in heads}
+
+
+def _group_key(run: dict) -> str:
+    config = {k: v for k, v in (run.get("config") or {}).items() if k not in RUN_SPECIFIC}
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per configuration, in the order first seen: label, sizes, and (mean, std) of each metric."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(_group_key(run), []).append(run)
+    rows, labels = [], {}
+    for members in groups.values():
+        first = members[0]
+        model = first.get("model") or {}
+        label = _label(first)
+        labels[label] = labels.get(label, 0) + 1
+        if labels[label] > 1:
+            label = f"{label} #{labels[label]}"
+        kv = model.get("kv_cache_bytes_per_token") or {}
+        row = {
+            "label": label,
+            "variant": (first.get("config") or {}).get("convert_variant") or model.get("variant") or "",
+            "kv_heads": _converted_heads(model),
+            "parameters": model.get("parameters"),
+            "kv_cache_bytes_per_token": kv.get("self"),
+            "kv_cache_bytes_per_source_token": kv.get("cross"),
+            "runs": len(members),
+            "seeds": [(m.get("config") or {}).get("seed") for m in members],
+            "paths": [m["_path"] for m in members],
+        }
+        for key, _ in ROUGE:
+            row[key] = _mean_std([m.get(f"eval_{key}") for m in members])
+        row["decode_tokens_per_second"] = _mean_std([m.get("decode_tokens_per_second") for m in members])
+        rows.append(row)
+    return rows
+
+
+def _cell(value: tuple[float | None, float | None], digits: int = 2) -> str:
+    mean, std = value
+    if mean is None:
+        return "-"
+    return f"{mean:,.{digits}f}" if std is None else f"{mean:,.{digits}f} ± {std:,.{digits}f}"
+
+
+def _heads_cell(heads: dict[str, int]) -> str:
+    if not heads:
+        return "-"
+    if len(set(heads.values())) == 1:
+        return str(next(iter(heads.values())))
+    return ", ".join(f"{kind} {n}" for kind, n in heads.items())
+
+
+def _kv_cell(row: dict) -> str:
+    self_bytes, cross = row["kv_cache_bytes_per_token"], row["kv_cache_bytes_per_source_token"]
+    if self_bytes is None:
+        return "-"
+    return format_bytes(self_bytes) if cross is None else f"{format_bytes(self_bytes)} + {format_bytes(cross)}"
+
+
+def to_markdown(rows: list[dict]) -> str:
+    header = ["variant", "KV heads", "parameters", "KV cache / token", *(n for _, n in ROUGE), "decode tok/s", "runs"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        cells = [
+            row["label"],
+            _heads_cell(row["kv_heads"]),
+            f"{row['parameters']:,}" if row["parameters"] is not None else "-",
+            _kv_cell(row),
+            *(_cell(row[key]) for key, _ in ROUGE),
+            _cell(row["decode_tokens_per_second"], 1),
+            str(row["runs"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [
+        "",
+        "ROUGE: F-measure x 100 with stemming (rouge-score); ROUGE-L is over the whole summary, ROUGE-Lsum over its "
+        "sentences (one per line). Several seeds of one configuration: mean ± standard deviation.",
+    ]
+    if any(r["kv_cache_bytes_per_source_token"] is not None for r in rows):
+        notes.append(
+            "KV cache / token of an encoder-decoder: decoder self-attention per target token + cross-attention per "
+            "source token."
+        )
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    columns = [
+        "variant_label",
+        "variant",
+        "kv_heads",
+        "parameters",
+        "kv_cache_bytes_per_token",
+        "kv_cache_bytes_per_source_token",
+    ]
+    for key in [k for k, _ in ROUGE] + ["decode_tokens_per_second"]:
+        columns += [f"{key}_mean", f"{key}_std"]
+    columns += ["runs", "seeds", "paths"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            values = [
+                row["label"],
+                row["variant"],
+                json.dumps(row["kv_heads"]),
+                row["parameters"],
+                row["kv_cache_bytes_per_token"],
+                row["kv_cache_bytes_per_source_token"],
+            ]
+            for key in [k for k, _ in ROUGE] + ["decode_tokens_per_second"]:
+                values += list(row[key])
+            values += [row["runs"], " ".join(map(str, row["seeds"])), " ".join(row["paths"])]
+            writer.writerow(["" if v is None else v for v in values])
+
+
+def plot(rows: list[dict], path: Path, title: str | None = None) -> bool:
+    """ROUGE against KV-cache bytes per token, one marker per metric, error bars over seeds. False without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return False
+    points = [r for r in rows if r["kv_cache_bytes_per_token"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for (key, name), marker in zip(ROUGE, "osD^", strict=True):
+        xs, ys, errs = [], [], []
+        for row in points:
+            mean, std = row[key]
+            if mean is None:
+                continue
+            xs.append(row["kv_cache_bytes_per_token"] + (row["kv_cache_bytes_per_source_token"] or 0))
+            ys.append(mean)
+            errs.append(std or 0.0)
+        if xs:
+            ax.errorbar(xs, ys, yerr=errs, fmt=marker, capsize=3, label=name)
+    placed: dict[float, int] = {}
+    xs_all = [r["kv_cache_bytes_per_token"] + (r["kv_cache_bytes_per_source_token"] or 0) for r in points] or [0]
+    for row in points:
+        mean = row["rouge1"][0]
+        if mean is not None:
+            x = row["kv_cache_bytes_per_token"] + (row["kv_cache_bytes_per_source_token"] or 0)
+            placed[x] = placed.get(x, 0) + 1  # labels of runs with the same cache size are stacked
+            right = x >= max(xs_all)  # the rightmost labels go to the left of their point
+            offset = (-4 if right else 4, 6 + 11 * (placed[x] - 1))
+            ax.annotate(
+                row["label"],
+                (x, mean),
+                textcoords="offset points",
+                xytext=offset,
+                fontsize=8,
+                ha="right" if right else "left",
+            )
+    encoder_decoder = any(r["kv_cache_bytes_per_source_token"] is not None for r in points)
+    ax.set_xlabel("KV-cache bytes per token" + (" (self + cross)" if encoder_decoder else ""))
+    ax.set_ylabel("ROUGE (F x 100)")
+    if len({r["kv_cache_bytes_per_token"] for r in points}) > 1:
+        ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: format_bytes(v)))
+    ax.margins(x=0.15, y=0.1)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "ROUGE against KV-cache size")
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def add_parser(subparsers) -> None:
+    """Add the `report` command to `hf-gqa`'s sub-command parsers."""
+    report = subparsers.add_parser(
+        "report",
+        help="compare uptraining runs: a table (markdown, CSV) and a plot of ROUGE against KV-cache size",
+        description=__doc__.split("\n\n", 1)[1].replace("`", ""),
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN", help="run folder, its all_results.json, or a folder of runs")
+    report.add_argument(
+        "-o",
+        "--output-dir",
+        default="gqa-report",
+        help="where report.md, report.csv and the plot go (default: %(default)s)",
+    )
+    report.add_argument("--title", help="title of the plot")
+
+
+def run(args) -> int:
+    """`hf-gqa report`: print the table and write report.md, report.csv and the plot."""
+    rows = summarize([load_run(p) for p in find_results(args.runs)])
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    markdown = to_markdown(rows)
+    (output / "report.md").write_text(markdown, encoding="utf-8")
+    write_csv(rows, output / "report.csv")
+    print(markdown)
+    written = [output / "report.md", output / "report.csv"]
+    if plot(rows, output / PLOT, args.title):
+        written.append(output / PLOT)
+    else:
+        print("note: no plot: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hf_gqa.report RUNS...`, the same as `hf-gqa report`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="hf-gqa")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run(args)
+    except HfGqaError as error:
+        print(f"hf-gqa: error: {error}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["add_parser", "find_results", "load_run", "main", "plot", "run", "summarize", "to_markdown", "write_csv"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
