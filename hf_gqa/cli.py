@@ -39,6 +39,11 @@ each group's heads into its K/V head. --weights-init mean (1/group size: it star
 (the paper's 0.5 for groups of two); randwgqa draws them from N(0, 1), seeded by --seed. The training form loads
 with `import hf_gqa` or trust_remote_code=True; after uptraining, `hf-gqa fold` gives the plain GQA checkpoint.
 WGQA supports T5 and the decoder families with separate k_proj/v_proj (not Phi-3, not GPT-2).
+
+SimGQA (--variant simgqa) reorders heads so that similar ones share a group (--similarity query, the paper's,
+or key, value: cosine of the flattened per-head weights; equal-sized groups), then mean-pools them: a plain GQA
+checkpoint (stock for decoder families). With --regroup-every N it writes the WGQA training form instead, for
+uptraining with the hf_gqa.training.SimGQARegroup(every=N) hook, then `hf-gqa fold`. Needs an MHA source.
 """
 
 EPILOG_FOLD = """\
@@ -85,6 +90,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     convert.add_argument(
         "--init", choices=sorted(KV_INITS), help="how a group's K/V are initialised (default: mean of its heads)"
+    )
+    convert.add_argument(
+        "--similarity",
+        choices=("query", "key", "value"),
+        help="simgqa: the per-head projection whose cosine similarity decides the groups (default: query)",
+    )
+    convert.add_argument(
+        "--regroup-every",
+        type=int,
+        metavar="N",
+        help="simgqa: regroup every N steps while uptraining (writes the WGQA training form; default: once, now)",
     )
     convert.add_argument(
         "--weights",
@@ -191,6 +207,8 @@ CONVERT_KEYS = (
     "in_memory",
     "weights",
     "weights_init",
+    "similarity",
+    "regroup_every",
 )
 CONVERT_DEFAULTS = {
     "variant": "gqa",
@@ -258,6 +276,8 @@ def _convert(args) -> int:
         seed=int(o["seed"]),
         weights=o.get("weights"),
         weights_init=o.get("weights_init"),
+        similarity=o.get("similarity"),
+        regroup_every=o.get("regroup_every"),
     )
     report = convert_to_folder(
         o["source"],

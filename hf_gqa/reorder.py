@@ -48,10 +48,24 @@ def similarity_orders(
     return orders
 
 
+def mixer_slices(layout: list) -> list[HeadSlice]:
+    """The WGQA training form's mixing weights (`<proj>.mixer.weight`, one row per head) of a block's K/V."""
+    return [
+        HeadSlice(p.key.removesuffix("weight") + "mixer.weight", p.role, 0, 0, p.heads, p.heads)
+        for p in layout
+        if isinstance(p, HeadSlice) and p.role in "kv" and p.key.endswith(".weight") and p.dim == 0 and p.start == 0
+    ]
+
+
 def reorder_map(
-    architecture: Architecture, config: dict, blocks: list[AttentionBlock], orders: dict[str, list[int]]
+    architecture: Architecture,
+    config: dict,
+    blocks: list[AttentionBlock],
+    orders: dict[str, list[int]],
+    mixers: bool = False,
 ) -> TensorMap:
-    """A TensorMap moving head `order[p]` of each block to position `p`, in every tensor that holds heads."""
+    """A TensorMap moving head `order[p]` of each block to position `p`, in every tensor that holds heads
+    (with `mixers`, also the WGQA training form's mixing weights, where a block has them)."""
     ops: dict[str, TensorOp] = {}
     optional: set[str] = set()
     for block in blocks:
@@ -59,7 +73,10 @@ def reorder_map(
         if order is None or is_identity(order):
             continue
         by_key: dict[str, list[HeadSlice]] = defaultdict(list)
-        for piece in head_layout(architecture.name, config, block):
+        layout = head_layout(architecture.name, config, block)
+        extra = mixer_slices(layout) if mixers else []
+        optional.update(p.key for p in extra)
+        for piece in layout + extra:
             if isinstance(piece, PerHeadModules):
                 for new, old in enumerate(order):
                     key = piece.template.format(h=new)
@@ -82,4 +99,4 @@ def reorder_map(
     return TensorMap(ops=ops, optional=frozenset(optional), name="head reorder")
 
 
-__all__ = ["SIMILARITY_SOURCES", "reorder_map", "similarity_orders"]
+__all__ = ["SIMILARITY_SOURCES", "mixer_slices", "reorder_map", "similarity_orders"]

@@ -9,7 +9,8 @@ class GQASpec:
     """A conversion request.
 
     Args:
-        variant: a registered variant name (`hf_gqa.list_variants()`): `gqa`, `mqa`, `mha`, `wgqa` or `randwgqa`.
+        variant: a registered variant name (`hf_gqa.list_variants()`): `gqa`, `mqa`, `mha`, `wgqa`, `randwgqa`
+            or `simgqa`.
         groups: key/value heads after conversion. An int applies to every converted attention kind; a mapping
             gives one count per kind (e.g. `{"decoder_self": 2, "cross": 4}`). `mqa` and `mha` imply it.
         init: how a group's K/V projection is initialised from its member heads: `mean`, `first` or `random`
@@ -22,6 +23,12 @@ class GQASpec:
             `vector_in` (one per input feature of a head).
         weights_init: `wgqa` only: `mean` (1 / group size, the default: the training form starts as the GQA model)
             or a number (the paper's 0.5, for groups of two). `randwgqa` draws them from N(0, 1).
+        similarity: `simgqa` only: which projection's per-head weights decide which heads share a group: `query`
+            (the paper's, the default), `key` or `value`.
+        regroup_every: `simgqa` only: regroup every N optimizer steps while uptraining (the paper tried 200 and
+            1000). The output is then the WGQA training form (heads kept, `weights`/`weights_init` apply), to run
+            with the `hf_gqa.training.SimGQARegroup(every=N)` hook and fold at the end. None: group once, at
+            conversion (a plain GQA checkpoint).
     """
 
     variant: str = "gqa"
@@ -31,6 +38,8 @@ class GQASpec:
     seed: int = 0
     weights: str | None = None
     weights_init: str | float | None = None
+    similarity: str | None = None
+    regroup_every: int | None = None
 
     def groups_for(self, kind: str) -> int | None:
         """The requested key/value heads for one attention kind (None: left to the variant)."""

@@ -93,6 +93,12 @@ class UptrainArguments:
     convert_seed: int = _help("seed of --convert-init random and of randwgqa's weights", default=0)
     convert_weights: str | None = _help("wgqa/randwgqa: shape of the learned K/V weights (scalar, ...)", default=None)
     convert_weights_init: str | None = _help("wgqa: initial K/V weights, mean or a number (paper: 0.5)", default=None)
+    convert_similarity: str | None = _help(
+        "simgqa: query (default), key or value: what decides the groups", default=None
+    )
+    convert_regroup_every: int | None = _help(
+        "simgqa: regroup every N steps (the training form; add hooks: SimGQARegroup(every=N))", default=None
+    )
     hooks: list[str] | None = _help(
         "training hooks run after each optimizer step, as 'module.path:Class(key=value, ...)'", default=None
     )
@@ -259,6 +265,8 @@ def train(args: UptrainArguments) -> dict:
         seed=args.convert_seed,
         weights=args.convert_weights,
         weights_init=args.convert_weights_init,
+        similarity=args.convert_similarity,
+        regroup_every=args.convert_regroup_every,
     )
     from hf_gqa.conversion.api import load_tokenizer
 
@@ -346,6 +354,16 @@ def train(args: UptrainArguments) -> dict:
     if resume is not None:
         accelerator.load_state(str(resume))
         accelerator.print(f"resumed from {resume} at step {progress.step}")
+    run_hooks(  # after a resume, hooks restore what lives outside the weights (e.g. T5 SimGQA's bias order)
+        hooks,
+        TrainingState(
+            model=accelerator.unwrap_model(model),
+            step=progress.step,
+            optimizer=optimizer.optimizer,
+            max_steps=max_train_steps,
+        ),
+        "on_train_begin",
+    )
     logger = RunLogger(
         output_dir, enabled=main_process, tensorboard=args.tensorboard, resume_step=progress.step if resume else None
     )

@@ -453,6 +453,26 @@ def test_resume_after_a_kill_repeats_the_straight_run(recipe, tiny_t5, cnndm, da
     assert len({loss for _, loss in train_losses(straight)}) == 5  # the losses do move (dropout, updates)
 
 
+def test_simgqa_interval_run_resumes_with_its_regrouping(recipe, tiny_t5, cnndm, datasets_cache, tmp_path):
+    # T5 SimGQA regrouped every 2 steps: a resume restores permuted weights, optimizer state and the bias orders.
+    common = ("--convert-variant", "simgqa", "--groups", "2", "--convert-regroup-every", "2", "--max-train-steps", "5")
+    common += ("--checkpointing-steps", "1", "--checkpoints-total-limit", "10", "--decode-benchmark-tokens", "0")
+    straight = tmp_path / "straight"
+    assert (
+        run(recipe, argv(tiny_t5, straight, cnndm, datasets_cache, *common, "--hooks", "SimGQARegroup(every=2)")) == 0
+    )
+    killed = tmp_path / "killed"
+    crash = ("--hooks", "SimGQARegroup(every=2)", "test_recipes:CrashAt(step=4)")
+    with pytest.raises(RuntimeError, match="killed after step 4"):
+        run(recipe, argv(tiny_t5, killed, cnndm, datasets_cache, *common, *crash))
+    resume = ("--hooks", "SimGQARegroup(every=2)", "--resume-from-checkpoint", "latest")
+    assert run(recipe, argv(tiny_t5, killed, cnndm, datasets_cache, *common, *resume)) == 0
+    assert train_losses(killed) == train_losses(straight)
+    saved = json.loads((straight / "model" / "config.json").read_text())
+    assert saved["gqa_kv_weights"] is None and saved["gqa_head_order"]["decoder_self"]  # folded, orders kept
+    assert saved["gqa_head_order"] == json.loads((killed / "model" / "config.json").read_text())["gqa_head_order"]
+
+
 def test_decoder_recipe_run_with_lora(recipe, tiny_llama, cnndm, datasets_cache, tmp_path):
     pytest.importorskip("peft")
     output = tmp_path / "llama"

@@ -145,7 +145,9 @@ def convert_model(
     provenance = {"hf_gqa_version": __version__}
     if spec is not None:
         provenance = {"gqa_source": source, **provenance}
-    plan: ConversionPlan = plan_conversion(config_dict, spec, provenance, keys=state_dict.keys())
+    plan: ConversionPlan = plan_conversion(
+        config_dict, spec, provenance, keys=state_dict.keys(), get=state_dict.__getitem__
+    )
     state_dict = plan.convert_state_dict(state_dict)
     config = AutoConfig.for_model(**plan.config)
     architecture = plan.config["architectures"][0]
@@ -183,13 +185,16 @@ def convert(
     dtype=None,
     weights: str | None = None,
     weights_init: str | float | None = None,
+    similarity: str | None = None,
+    regroup_every: int | None = None,
 ) -> PreTrainedModel:
     """Convert a model, a local folder or a Hub id to grouped-query attention and return the converted model.
 
     Example: `hf_gqa.convert("google-t5/t5-small", groups=4)` gives a `T5GQAForConditionalGeneration` whose decoder
     self- and cross-attention have 4 key/value heads, each the mean of 2 of the original 8.
     `variant="wgqa"` (or `"randwgqa"`) gives the WGQA training form instead (`weights`, `weights_init`: see
-    `GQASpec`); fold it with `hf_gqa.fold` after uptraining.
+    `GQASpec`); fold it with `hf_gqa.fold` after uptraining. `variant="simgqa"` groups similar heads
+    (`similarity`; with `regroup_every`, the training form for `hf_gqa.training.SimGQARegroup`).
     """
     spec = GQASpec(
         variant=variant,
@@ -199,6 +204,8 @@ def convert(
         seed=seed,
         weights=weights,
         weights_init=weights_init,
+        similarity=similarity,
+        regroup_every=regroup_every,
     )
     if isinstance(model_or_path, PreTrainedModel):
         return convert_model(model_or_path, spec, dtype=dtype)

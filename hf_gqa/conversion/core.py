@@ -6,7 +6,7 @@ by tensor is what lets the same code convert a model in memory or a checkpoint s
 """
 
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -53,13 +53,21 @@ def _generator(seed: int, key: str) -> torch.Generator:
 
 
 def plan_conversion(
-    config: Mapping, spec: GQASpec | None, provenance: Mapping | None = None, keys: Iterable[str] | None = None
+    config: Mapping,
+    spec: GQASpec | None,
+    provenance: Mapping | None = None,
+    keys: Iterable[str] | None = None,
+    get: Callable[[str], torch.Tensor] | None = None,
+    validate_only: bool = False,
 ) -> ConversionPlan:
     """Plan the conversion of a checkpoint with this `config` (a config dict) as `spec` asks.
 
     `keys`, the checkpoint's tensor names when known, lets an adapter match how a checkpoint on disk names its
-    tensors (some keep no base-model prefix). With `spec=None` the plan only re-expresses the checkpoint exactly
-    (a WGQA training form folded, GPT-NeoX as Phi; anything else unchanged) and leaves its K/V heads as they are.
+    tensors (some keep no base-model prefix). `get(key)` reads one of its tensors, for variants whose plan depends on
+    the weights (SimGQA's similarity grouping); `validate_only=True` checks the request against the config alone and
+    skips what needs the weights (the plan's tensors are then incomplete). With `spec=None` the plan only
+    re-expresses the checkpoint exactly (a WGQA training form folded, GPT-NeoX as Phi; anything else unchanged) and
+    leaves its K/V heads as they are.
     """
     config = dict(config)
     keys = list(keys) if keys is not None else None
@@ -71,6 +79,8 @@ def plan_conversion(
         config, prelude = reexpressed
         architecture = get_architecture(config)
         keys = prelude.output_keys(keys) if keys is not None else None
+        if get is not None:
+            get = (lambda source_get, first: lambda key: first.compute(key, source_get))(get, prelude)
     if spec is None:
         return _reexpression_plan(architecture, config, prelude, provenance, source_model_type)
     if spec.variant not in VARIANTS:
@@ -112,7 +122,7 @@ def plan_conversion(
     required: set[str] = set()
     optional: set[str] = set()
     for block in blocks:
-        if block.kind not in kv_heads or not variant.rewrites(*kv_heads[block.kind]):
+        if block.kind not in kv_heads or not variant.rewrites(*kv_heads[block.kind], spec=spec):
             continue
         current, new = kv_heads[block.kind]
 
@@ -131,6 +141,11 @@ def plan_conversion(
         optional=frozenset(optional),
         name=f"{spec.variant} conversion of {architecture.name}",
     )
+    before = None if validate_only else variant.prelude(architecture, config, blocks, kv_heads, spec, get)
+    if before is not None:
+        before_map, config_updates = before
+        tensors = before_map.then(tensors)
+        new_config.update(config_updates)
     if prelude is not None:
         tensors = prelude.then(tensors)
     return ConversionPlan(
@@ -169,7 +184,7 @@ def convert_state_dict(
 
     Tensors that do not change are returned as the same objects (no copy).
     """
-    plan = plan_conversion(config, spec, provenance, keys=state_dict.keys())
+    plan = plan_conversion(config, spec, provenance, keys=state_dict.keys(), get=state_dict.__getitem__)
     return plan.config, plan.convert_state_dict(state_dict)
 
 

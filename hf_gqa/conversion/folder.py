@@ -47,7 +47,7 @@ def convert_to_folder(
     check_output_dir(output, force=force)
     config = load_config_dict(source)  # one-line errors for a missing or unsupported source, before any weights
     get_architecture(config)
-    plan_conversion(config, spec)  # a bad --groups fails here, before any download of weights
+    plan_conversion(config, spec, validate_only=True)  # a bad --groups fails here, before any download of weights
     provenance = {"gqa_source": str(source), "hf_gqa_version": __version__}
     location = location or str(output)
     folder = None if in_memory or (dtype not in (None, "auto")) else safetensors_folder(source)

@@ -280,10 +280,14 @@ def stream_convert(
         raise CheckpointError(f"{folder} has no safetensors weights ({WEIGHTS_NAME} or {INDEX_NAME})")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     infos = read_headers(files)
-    plan = plan_conversion(config, spec, provenance, keys=infos.keys())
-    output_keys = plan.tensors.output_keys(infos.keys())
+    reader = _Reader(infos)  # SimGQA's plan reads weights: the same reader as the conversion
+    try:
+        plan = plan_conversion(config, spec, provenance, keys=infos.keys(), get=reader)
+        output_keys = plan.tensors.output_keys(infos.keys())
+    except BaseException:
+        reader.close()
+        raise
 
-    reader = _Reader(infos)
     writer = ShardWriter(output, parse_size(max_shard_size), output_keys)
     sources = {key: plan.tensors.passthrough_source(key) for key in output_keys}
     total = sum(info.nbytes for info in infos.values())  # the source's bytes: close to what is written

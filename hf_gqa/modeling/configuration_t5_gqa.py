@@ -53,6 +53,11 @@ class T5GQAConfig(T5Config):
         With `gqa_kv_weights`: attention kind -> the K/V heads its weighted projections keep (each group of
         `heads // G` contiguous ones is combined into one of the kind's G heads). Kinds not listed are plain.
 
+    gqa_head_order (`dict[str, list[list[int]]]`, *optional*):
+        Set when heads were reordered (SimGQA): attention kind (`encoder`, `decoder_self`) -> one list per layer,
+        whose entry `p` is the relative-position-bias head that the layer's head `p` uses. T5 computes the bias once
+        per stack and shares it across layers, so a layer whose heads moved reads the bias through this order.
+
     Heads are grouped in contiguous blocks: query head `h` reads key/value head `h // (num_heads // G)`, the
     convention of transformers' `repeat_kv`.
     """
@@ -70,6 +75,7 @@ class T5GQAConfig(T5Config):
     hf_gqa_version: str | None = None
     gqa_kv_weights: str | None = None
     gqa_kv_source_heads: dict[str, int] | None = None
+    gqa_head_order: dict[str, list[list[int]]] | None = None
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
@@ -113,6 +119,11 @@ class T5GQAConfig(T5Config):
     def kv_heads(self, kind: str) -> int:
         """Key/value heads of one attention kind: `encoder`, `decoder_self` or `cross`."""
         return getattr(self, KV_HEAD_FIELDS[kind])
+
+    def head_order(self, kind: str, layer: int) -> list[int] | None:
+        """The bias-head order of one layer of an attention kind (None: heads in their original order)."""
+        orders = (self.gqa_head_order or {}).get(kind)
+        return list(orders[layer]) if orders and layer < len(orders) and orders[layer] is not None else None
 
     def kv_source_heads(self, kind: str) -> int | None:
         """The K/V heads the weighted projections of one attention kind keep (WGQA training form), else None."""

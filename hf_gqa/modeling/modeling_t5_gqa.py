@@ -47,6 +47,7 @@ class T5GQAAttention(T5Attention):
         num_key_value_heads: int | None = None,
         kv_weights: str | None = None,
         kv_source_heads: int | None = None,
+        head_order: list[int] | None = None,
     ):
         super().__init__(
             config, has_relative_attention_bias=has_relative_attention_bias, layer_idx=layer_idx, is_causal=is_causal
@@ -64,6 +65,17 @@ class T5GQAAttention(T5Attention):
             kv_dim = self.num_key_value_heads * self.key_value_proj_dim
             self.k = nn.Linear(self.d_model, kv_dim, bias=False)
             self.v = nn.Linear(self.d_model, kv_dim, bias=False)
+        self.set_head_order(head_order)
+
+    def set_head_order(self, order: list[int] | None) -> None:
+        """Read the shared relative position bias through `order` (heads reordered by SimGQA); None: as is."""
+        if order is not None and sorted(order) != list(range(self.n_heads)):
+            raise ValueError(f"a head order must be a permutation of the {self.n_heads} heads, got {order}")
+        if order is not None and list(order) == list(range(self.n_heads)):
+            order = None
+        # A plain attribute, not a buffer: models are built on the meta device and non-persistent buffers would not
+        # be materialised with their values.
+        self.bias_head_order = None if order is None else tuple(int(h) for h in order)
 
     @property
     def num_key_value_groups(self) -> int:
@@ -123,6 +135,13 @@ class T5GQAAttention(T5Attention):
                 input_shape[1], key_length, device=query_states.device, past_seen_tokens=past_seen_tokens
             )
 
+        # hf-gqa: heads reordered by SimGQA read the shared bias in their order; the bias returned (and passed on to
+        # the next layer) stays in the original order.
+        layer_bias = position_bias
+        if position_bias is not None and self.bias_head_order is not None:
+            order = torch.tensor(self.bias_head_order, dtype=torch.long, device=position_bias.device)
+            layer_bias = position_bias.index_select(1, order)
+
         # hf-gqa: eager and sdpa go through grouped-head functions; others (e.g. a registered custom function) are
         # looked up as usual and must handle grouped heads themselves.
         implementation = self.config._attn_implementation or "eager"
@@ -138,7 +157,7 @@ class T5GQAAttention(T5Attention):
             mask,
             dropout=0.0 if not self.training else self.dropout,
             scaling=self.scaling,
-            position_bias=position_bias,
+            position_bias=layer_bias,
             **kwargs,
         )
 
@@ -168,6 +187,7 @@ def _use_gqa_attention(model: nn.Module, config: T5GQAConfig) -> None:
                     num_key_value_heads=config.kv_heads(kind),
                     kv_weights=config.gqa_kv_weights if config.kv_source_heads(kind) else None,
                     kv_source_heads=config.kv_source_heads(kind),
+                    head_order=config.head_order(kind, old.layer_idx),
                 )
                 model._init_weights(new)  # a HeadMixer initialises itself (to the mean)
                 setattr(layer, attr, new)

@@ -31,8 +31,11 @@ from .model import (
 )
 from .rouge import ROUGE_KEYS, compute_rouge, rouge_per_example, sentences_per_line, split_sentences
 from .runlog import RunLogger
+from .simgqa import SimGQARegroup, regroup_heads_
 
 __all__ = [
+    "SimGQARegroup",
+    "regroup_heads_",
     "DEFAULT_PROMPT_TEMPLATE",
     "KNOWN_DATASETS",
     "ROUGE_KEYS",

@@ -1,8 +1,10 @@
 """One small interface for whatever must happen during uptraining (SimGQA regrouping, DGQA windows, ...).
 
 A hook is called after each optimizer step with a `TrainingState` that carries the step counter; modules never keep
-a global step of their own. The same hook runs in a plain Accelerate loop (`run_hooks(hooks, state)` after
-`optimizer.step()`) and under `transformers.Trainer` (`HookCallback(hooks)` in `callbacks=`).
+a global step of their own. Call `run_hooks(hooks, state, "on_train_begin")` once before the loop (after restoring a
+checkpoint, with the hooks' `load_state_dict`) and `"on_train_end"` after it. The same hook runs in a plain
+Accelerate loop (`run_hooks(hooks, state)` after `optimizer.step()`) and under `transformers.Trainer`
+(`HookCallback(hooks)` in `callbacks=`).
 
     hooks = [SimGQARegroup(every=200)]
     for step, batch in enumerate(loader, 1):
@@ -28,7 +30,11 @@ class TrainingState:
 
 
 class TrainingHook:
-    """Base hook. Subclasses override `on_step_end` (and `on_train_end` if they finish something, e.g. a fold)."""
+    """Base hook. Subclasses override `on_step_end` (and `on_train_begin` to restore what lives outside the model's
+    weights after a resume, `on_train_end` if they finish something)."""
+
+    def on_train_begin(self, state: TrainingState) -> None:
+        pass
 
     def on_step_end(self, state: TrainingState) -> None:
         pass
@@ -63,6 +69,14 @@ class HookCallback(_trainer_callback_base()):
 
     def __init__(self, hooks):
         self.hooks = list(hooks)
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        run_hooks(
+            self.hooks,
+            TrainingState(model=model, step=state.global_step, optimizer=optimizer, max_steps=state.max_steps),
+            "on_train_begin",
+        )
+        return control
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         run_hooks(

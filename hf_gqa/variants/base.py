@@ -33,12 +33,19 @@ class Variant:
         """Refuse options this variant does not take (one line)."""
         if spec.weights is not None or spec.weights_init is not None:
             raise HfGqaError(f"--weights and --weights-init apply to wgqa and randwgqa only, not to {self.name!r}")
+        if spec.similarity is not None or spec.regroup_every is not None:
+            raise HfGqaError(f"--similarity and --regroup-every apply to simgqa only, not to {self.name!r}")
+
+    def prelude(self, architecture, config: dict, blocks, kv_heads, spec, get):
+        """A `TensorMap` to apply before the variant's own tensor ops (e.g. a head reorder) and the config entries
+        it implies, or None. `get(key)` reads a tensor of the checkpoint (None where no tensors are at hand)."""
+        return None
 
     def provenance(self, spec: "GQASpec") -> dict:
         """Config entries recording how the checkpoint was converted (besides the variant's name)."""
         return {"gqa_init": spec.init}
 
-    def rewrites(self, current: int, new: int) -> bool:
+    def rewrites(self, current: int, new: int, spec: "GQASpec | None" = None) -> bool:
         """Whether a converted block with `current` K/V heads and `new` after has tensors to change."""
         return current != new
 

@@ -39,6 +39,8 @@ class WGQA(Variant):
     summary = "G key/value heads, each a learned weighted sum of its group's heads; uptrain, then `hf-gqa fold`"
 
     def check_spec(self, spec) -> None:
+        if self.name != "simgqa" and (spec.similarity is not None or spec.regroup_every is not None):
+            raise HfGqaError(f"--similarity and --regroup-every apply to simgqa only, not to {self.name!r}")
         if spec.init != "mean":
             raise HfGqaError(f"--init applies to gqa and mqa; {self.name} keeps every K/V head (see --weights-init)")
         if spec.weights is not None and spec.weights not in WEIGHT_SHAPES:
@@ -86,7 +88,7 @@ class WGQA(Variant):
             )
         return groups
 
-    def rewrites(self, current: int, new: int) -> bool:
+    def rewrites(self, current: int, new: int, spec=None) -> bool:
         return True  # every selected block gets weights, also one whose K/V heads stay (a learned scale per head)
 
     def tensor_ops(self, architecture, block, current, new, spec, regroup):
