@@ -158,3 +158,38 @@ def test_cli_simgqa_and_its_errors(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "gqa"), "--variant", "simgqa", "-g", "1", "-o", str(tmp_path / "bad")]) == 2
     assert "needs one key/value head per query head" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_hooks_run_under_the_transformers_trainer(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from hf_gqa.training import HookCallback, TrainingHook
+
+    class Count(TrainingHook):
+        def __init__(self):
+            self.events = []
+
+        def on_train_begin(self, state):
+            self.events.append(("begin", state.step))
+
+        def on_step_end(self, state):
+            self.events.append(("step", state.step))
+
+        def on_train_end(self, state):
+            self.events.append(("end", state.step))
+
+    model = hf_gqa.convert(make("llama"), variant="simgqa", groups=2, regroup_every=1)
+    data = [{"input_ids": IDS[0], "labels": IDS[0]} for _ in range(6)]
+    regroup, count = SimGQARegroup(every=1), Count()
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_strategy="no",
+    )
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[HookCallback([regroup, count])]).train()
+    assert regroup.regroups == 3
+    assert count.events == [("begin", 0), ("step", 1), ("step", 2), ("step", 3), ("end", 3)]
