@@ -354,16 +354,17 @@ def train(args: UptrainArguments) -> dict:
     if resume is not None:
         accelerator.load_state(str(resume))
         accelerator.print(f"resumed from {resume} at step {progress.step}")
-    run_hooks(  # after a resume, hooks restore what lives outside the weights (e.g. T5 SimGQA's bias order)
-        hooks,
-        TrainingState(
+
+    def hook_state() -> TrainingState:
+        return TrainingState(
             model=accelerator.unwrap_model(model),
             step=progress.step,
             optimizer=optimizer.optimizer,
             max_steps=max_train_steps,
-        ),
-        "on_train_begin",
-    )
+        )
+
+    # After a resume, hooks restore what lives outside the weights (e.g. T5 SimGQA's per-layer bias order).
+    run_hooks(hooks, hook_state(), "on_train_begin")
     logger = RunLogger(
         output_dir, enabled=main_process, tensorboard=args.tensorboard, resume_step=progress.step if resume else None
     )
@@ -443,15 +444,7 @@ def train(args: UptrainArguments) -> dict:
             progress.loss_sum += mean_loss
             progress.loss_steps += 1
             window["steps"] += 1
-            run_hooks(
-                hooks,
-                TrainingState(
-                    model=accelerator.unwrap_model(model),
-                    step=progress.step,
-                    optimizer=optimizer.optimizer,
-                    max_steps=max_train_steps,
-                ),
-            )
+            run_hooks(hooks, hook_state())
             bar.update(1)
             if progress.step % args.logging_steps == 0 or progress.step == max_train_steps:
                 elapsed = max(time.perf_counter() - window["time"], 1e-9)
@@ -479,12 +472,7 @@ def train(args: UptrainArguments) -> dict:
     bar.close()
     run_hooks(
         hooks,
-        TrainingState(
-            model=accelerator.unwrap_model(model),
-            step=progress.step,
-            optimizer=optimizer.optimizer,
-            max_steps=max_train_steps,
-        ),
+        hook_state(),
         "on_train_end",
     )
     train_runtime = time.perf_counter() - start

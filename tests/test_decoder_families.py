@@ -238,3 +238,9 @@ def test_output_is_a_stock_checkpoint(tmp_path, source):
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_remote_code_family_list_matches_the_adapter():
+    from hf_gqa.modeling.configuration_wgqa_decoder import WGQA_FAMILIES
+
+    assert set(WGQA_FAMILIES) == set(NativeGQA.source_model_types) - {"phi3"}  # Phi-3's fused qkv has no WGQA form
