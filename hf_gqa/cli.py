@@ -382,6 +382,8 @@ def describe_checkpoint(path: str) -> dict:
             source_model_type=config.get("gqa_source_model_type"),
             hf_gqa_version=config.get("hf_gqa_version"),
         )
+        if config.get("gqa_similarity"):  # SimGQA
+            info.update(similarity=config["gqa_similarity"], regroup_every=config.get("gqa_regroup_every"))
     if config.get("gqa_kv_weights"):  # the WGQA training form
         info.update(
             kv_weights=config["gqa_kv_weights"],
@@ -420,7 +422,7 @@ def _info(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
     rows = [("model_type", info["model_type"])]
-    for key in ("variant", "init", "source", "source_model_type", "hf_gqa_version"):
+    for key in ("variant", "init", "similarity", "regroup_every", "source", "source_model_type", "hf_gqa_version"):
         if info.get(key) is not None:
             rows.append((key, str(info[key])))
     if info.get("converted_attention"):
