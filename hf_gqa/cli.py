@@ -44,6 +44,18 @@ SimGQA (--variant simgqa) reorders heads so that similar ones share a group (--s
 or key, value: cosine of the flattened per-head weights; equal-sized groups), then mean-pools them: a plain GQA
 checkpoint (stock for decoder families). With --regroup-every N it writes the WGQA training form instead, for
 uptraining with the hf_gqa.training.SimGQARegroup(every=N) hook, then `hf-gqa fold`. Needs an MHA source.
+
+Routed attention (Khan et al., 2024; Javadi et al., 2023) pools K/V (and for GQKVA queries) like GQA and saves a
+model that routes query heads to key/value heads in its own code (t5_gqa, or <family>_routed for Llama, Mistral,
+Qwen2/3, Gemma/Gemma2, Granite, StarCoder2, OLMo, Helium, SmolLM3; `import hf_gqa` or trust_remote_code=True):
+  kdgqa  query heads split among the G K/V heads in proportion to min-max scaled key norms, every forward pass
+         (per sample and position; --statistic batch: the paper's per-batch statistic while training)
+  dgqa   the same from key norms gathered while training, re-allocated every --window steps (--evolution ema
+         with --ema-alpha, or difference); fixed in evaluation. Uptrain with the DGQAReallocate hook (the recipe
+         adds it).
+  pgqa   GQA with Gaussian noise subtracted from each group's attention maps while training (--noise-in-eval)
+  gqkva  --q-groups GQ query heads x --groups GKV K/V heads, one attention per pair (GQ = GKV = H: MHA exactly)
+  gkva   --groups G query heads, each shared by H/G of the H K/V heads; mkva: one query head (G = 1)
 """
 
 EPILOG_FOLD = """\
@@ -86,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--variant",
         choices=list_variants(),
-        help="gqa (default): G heads; mqa: 1; mha: H; wgqa, randwgqa: G learned weighted sums (a training form)",
+        help="gqa (default): G heads; mqa: 1; mha: H; wgqa, randwgqa: G learned weighted sums (a training form); "
+        "simgqa: similar heads grouped; kdgqa, dgqa, pgqa: key-norm routed or perturbed GQA; gqkva, gkva, mkva: "
+        "queries grouped too (see below)",
     )
     convert.add_argument(
         "--init", choices=sorted(KV_INITS), help="how a group's K/V are initialised (default: mean of its heads)"
@@ -112,6 +126,31 @@ def _parser() -> argparse.ArgumentParser:
         "--weights-init",
         metavar="mean|FLOAT",
         help="wgqa: the weights' initial value: mean (1/group size, default: starts as GQA) or a number (e.g. 0.5)",
+    )
+    convert.add_argument(
+        "--q-groups", type=int, metavar="GQ", help="gqkva: query heads after conversion (--groups is gkv)"
+    )
+    convert.add_argument(
+        "--statistic",
+        choices=("sample", "batch"),
+        help="kdgqa: key-norm statistic while training, per sample (default) or per batch (the paper's)",
+    )
+    convert.add_argument(
+        "--window", type=int, metavar="N", help="dgqa: re-allocate query heads every N training steps (default: 300)"
+    )
+    convert.add_argument(
+        "--ema-alpha", type=float, metavar="A", help="dgqa: weight of the newest window's key norms (default: 0.1)"
+    )
+    convert.add_argument(
+        "--evolution",
+        choices=("ema", "difference"),
+        help="dgqa: allocate by an EMA of key norms (default) or by their change between windows",
+    )
+    convert.add_argument(
+        "--noise-in-eval",
+        action="store_true",
+        default=None,
+        help="pgqa: also perturb the attention maps in evaluation (default: training only)",
     )
     convert.add_argument(
         "--attention",
@@ -209,6 +248,12 @@ CONVERT_KEYS = (
     "weights_init",
     "similarity",
     "regroup_every",
+    "q_groups",
+    "statistic",
+    "window",
+    "ema_alpha",
+    "evolution",
+    "noise_in_eval",
 )
 CONVERT_DEFAULTS = {
     "variant": "gqa",
@@ -278,6 +323,12 @@ def _convert(args) -> int:
         weights_init=o.get("weights_init"),
         similarity=o.get("similarity"),
         regroup_every=o.get("regroup_every"),
+        q_groups=o.get("q_groups"),
+        statistic=o.get("statistic"),
+        window=o.get("window"),
+        ema_alpha=o.get("ema_alpha"),
+        evolution=o.get("evolution"),
+        noise_in_eval=o.get("noise_in_eval"),
     )
     report = convert_to_folder(
         o["source"],
@@ -358,7 +409,7 @@ def describe_checkpoint(path: str) -> dict:
     from . import __version__
     from .conversion.api import load_config_dict
     from .conversion.core import get_architecture
-    from .stats import kv_cache_bytes_per_token, weighted_kv_parameters
+    from .stats import kv_cache_bytes_per_token, routed_attention_parameters, weighted_kv_parameters
 
     config = load_config_dict(path)
     architecture = get_architecture(config)
@@ -389,6 +440,17 @@ def describe_checkpoint(path: str) -> dict:
             kv_weights=config["gqa_kv_weights"],
             kv_source_heads=config.get("gqa_kv_source_heads"),
             extra_parameters=weighted_kv_parameters(config),
+        )
+    if config.get("gqa_routing"):  # KDGQA, DGQA, PGQA, the GQKVA family
+        routed, mha = routed_attention_parameters(config)
+        info.update(
+            routing={
+                kind: {k: v for k, v in spec.items() if k not in ("pairs", "bias_heads")}
+                | ({"attention_heads": len(spec["pairs"])} if spec.get("pairs") else {})
+                for kind, spec in config["gqa_routing"].items()
+            },
+            attention_parameters=routed,
+            mha_attention_parameters=mha,
         )
     info["loads_with"] = "import hf_gqa, or trust_remote_code=True" if config.get("auto_map") else "plain transformers"
     info["installed_hf_gqa"] = __version__
@@ -438,6 +500,22 @@ def _info(args) -> int:
     if info.get("kv_weights"):
         rows.append(("K/V weights", f"{info['kv_weights']}: WGQA training form, fold with `hf-gqa fold`"))
         rows.append(("extra parameters", f"{info['extra_parameters']:,}"))
+    for kind, spec in (info.get("routing") or {}).items():
+        heads = (
+            f"{spec['q_heads']} query, {spec['kv_heads']} K/V, {spec.get('attention_heads', spec['heads'])} attention"
+        )
+        options = ", ".join(f"{k} {v}" for k, v in spec.items() if k in ("statistic", "window", "alpha", "evolution"))
+        rows.append(
+            (
+                f"{kind} routing",
+                f"{spec.get('variant', spec['mode'])}: {heads} heads" + (f"; {options}" if options else ""),
+            )
+        )
+    if info.get("attention_parameters") is not None:
+        ratio = info["attention_parameters"] / info["mha_attention_parameters"]
+        rows.append(
+            ("attention parameters", f"{info['attention_parameters']:,} ({ratio:.2f}x MHA's, GQKVA accounting)")
+        )
     for cache, n in info["kv_cache_bytes_per_token"].items():
         rows.append((f"KV cache / token ({cache})", format_bytes(n)))
     rows.append(("loads with", info["loads_with"]))

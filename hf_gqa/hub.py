@@ -88,7 +88,7 @@ def model_card(
             f"from transformers import {auto}",
             f'model = {auto}.from_pretrained("{location}")',
         ]
-    lines += ["```", "", "Requires `transformers>=5.23,<6`.", ""]
+    lines += ["```", "", "Requires `transformers>=5.24,<6`.", ""]
     return "\n".join(lines)
 
 

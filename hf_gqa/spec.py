@@ -10,7 +10,7 @@ class GQASpec:
 
     Args:
         variant: a registered variant name (`hf_gqa.list_variants()`): `gqa`, `mqa`, `mha`, `wgqa`, `randwgqa`
-            or `simgqa`.
+            `simgqa`, `kdgqa`, `dgqa`, `pgqa`, `gqkva`, `gkva` or `mkva`.
         groups: key/value heads after conversion. An int applies to every converted attention kind; a mapping
             gives one count per kind (e.g. `{"decoder_self": 2, "cross": 4}`). `mqa` and `mha` imply it.
         init: how a group's K/V projection is initialised from its member heads: `mean`, `first` or `random`
@@ -29,6 +29,13 @@ class GQASpec:
             1000). The output is then the WGQA training form (heads kept, `weights`/`weights_init` apply), to run
             with the `hf_gqa.training.SimGQARegroup(every=N)` hook and fold at the end. None: group once, at
             conversion (a plain GQA checkpoint).
+        q_groups: `gqkva` only: the query heads (gq) of GQKVA-gq.gkv; `groups` is gkv.
+        statistic: `kdgqa` only: the key-norm statistic in training, `sample` (the default) or `batch` (the
+            paper's); evaluation is always per sample.
+        window: `dgqa` only: re-allocate every N optimizer steps (default 300, the paper's).
+        ema_alpha: `dgqa` only: weight of the newest window's norms in the EMA (default 0.1).
+        evolution: `dgqa` only: `ema` (the default) or `difference` of the norms between windows.
+        noise_in_eval: `pgqa` only: also perturb in evaluation (not deterministic then).
     """
 
     variant: str = "gqa"
@@ -40,6 +47,12 @@ class GQASpec:
     weights_init: str | float | None = None
     similarity: str | None = None
     regroup_every: int | None = None
+    q_groups: int | None = None
+    statistic: str | None = None
+    window: int | None = None
+    ema_alpha: float | None = None
+    evolution: str | None = None
+    noise_in_eval: bool | None = None
 
     def groups_for(self, kind: str) -> int | None:
         """The requested key/value heads for one attention kind (None: left to the variant)."""

@@ -42,6 +42,25 @@ def weighted_kv_parameters(config: Mapping) -> int:
     return total
 
 
+def routed_attention_parameters(config: Mapping) -> tuple[int, int] | None:
+    """Projection weights of the routed attention blocks of a KDGQA/DGQA/PGQA/GQKVA checkpoint in the GQKVA paper's
+    accounting (d_model x d_head x (query heads + 2 x key/value heads + attention heads)), and the same blocks' as
+    MHA; None for any other checkpoint."""
+    from .variants.routed import attention_parameters
+
+    routing = config.get("gqa_routing")
+    if not routing:
+        return None
+    hidden = config.get("d_model") or config.get("hidden_size")
+    routed = mha = 0
+    for block in get_architecture(config).attention_blocks(dict(config)):
+        if block.kind in routing:
+            spec = routing[block.kind]
+            routed += attention_parameters(spec, hidden, block.head_dim)
+            mha += 4 * hidden * block.head_dim * spec["heads"]
+    return routed, mha
+
+
 def format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -50,4 +69,10 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-__all__ = ["dtype_bytes", "format_bytes", "kv_cache_bytes_per_token", "weighted_kv_parameters"]
+__all__ = [
+    "dtype_bytes",
+    "format_bytes",
+    "kv_cache_bytes_per_token",
+    "routed_attention_parameters",
+    "weighted_kv_parameters",
+]

@@ -55,6 +55,7 @@ from hf_gqa.training import (
     apply_lora,
     build_hooks,
     decode_throughput,
+    default_hooks,
     describe_model,
     evaluate_summarization,
     fold,
@@ -99,6 +100,13 @@ class UptrainArguments:
     convert_regroup_every: int | None = _help(
         "simgqa: regroup every N steps (the training form; add hooks: SimGQARegroup(every=N))", default=None
     )
+    convert_q_groups: int | None = _help("gqkva: query heads gq (--groups is gkv)", default=None)
+    convert_statistic: str | None = _help("kdgqa: key-norm statistic in training, sample or batch", default=None)
+    convert_window: int | None = _help(
+        "dgqa: re-allocate every N steps (default 300; the DGQAReallocate hook is added)", default=None
+    )
+    convert_ema_alpha: float | None = _help("dgqa: weight of the newest window in the EMA (default 0.1)", default=None)
+    convert_evolution: str | None = _help("dgqa: ema (default) or difference of key norms", default=None)
     hooks: list[str] | None = _help(
         "training hooks run after each optimizer step, as 'module.path:Class(key=value, ...)'", default=None
     )
@@ -267,6 +275,11 @@ def train(args: UptrainArguments) -> dict:
         weights_init=args.convert_weights_init,
         similarity=args.convert_similarity,
         regroup_every=args.convert_regroup_every,
+        q_groups=args.convert_q_groups,
+        statistic=args.convert_statistic,
+        window=args.convert_window,
+        ema_alpha=args.convert_ema_alpha,
+        evolution=args.convert_evolution,
     )
     from hf_gqa.conversion.api import load_tokenizer
 
@@ -287,6 +300,7 @@ def train(args: UptrainArguments) -> dict:
     if args.lora_r:
         model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
     hooks = build_hooks(args.hooks)
+    hooks += default_hooks(model, hooks)  # e.g. DGQA's re-allocation, which a DGQA model needs
 
     # Data, tokenised once: the main process first, so the others read its cache.
     with accelerator.main_process_first():

@@ -84,7 +84,7 @@ def test_a_gqa_checkpoint_can_be_reduced_further_or_expanded(source):
         (GQASpec(groups=0), InvalidGroupsError, "positive integer"),
         (GQASpec(groups=None), InvalidGroupsError, "--groups is required"),
         (GQASpec(variant="mqa", groups=2), InvalidGroupsError, "1 key/value head"),
-        (GQASpec(variant="nope", groups=2), HfGqaError, "unknown variant 'nope'; choose one of gqa, mha, mqa"),
+        (GQASpec(variant="nope", groups=2), HfGqaError, "unknown variant 'nope'; choose one of dgqa, gkva, gqa"),
         (GQASpec(groups=2, init="median"), HfGqaError, "unknown init"),
         (GQASpec(groups=2, attention=("decoder",)), HfGqaError, "unknown or unselected attention kind 'decoder'"),
     ],

@@ -593,3 +593,37 @@ def test_accelerate_launch_and_sigkill_resume(tiny_t5, cnndm, datasets_cache, tm
     assert train_losses(killed) == train_losses(straight)
     results = json.loads((killed / "all_results.json").read_text())
     assert all(f"eval_{key}" in results for key in ROUGE_KEYS)
+
+
+@pytest.mark.parametrize(
+    "model,variant,extra",
+    [
+        ("t5", "dgqa", ["--groups", "2", "--convert-window", "1"]),
+        ("t5", "gqkva", ["--groups", "2", "--convert-q-groups", "4"]),
+        ("llama", "kdgqa", ["--groups", "2"]),
+        ("llama", "pgqa", ["--groups", "2", "--lora-r", "4"]),
+        ("llama", "mkva", []),
+    ],
+)
+def test_routed_variants_go_through_the_recipe(
+    recipe, tiny_t5, tiny_llama, cnndm, datasets_cache, tmp_path, model, variant, extra
+):
+    output = tmp_path / variant
+    source = tiny_t5 if model == "t5" else tiny_llama
+    prefix = ["--source-prefix", "summarize: "] if model == "t5" else []
+    args = argv(source, output, cnndm, datasets_cache, "--convert-variant", variant, *extra, *prefix)
+    args += ["--max-train-steps", "2", "--checkpointing-steps", "0"]
+    assert run(recipe, args) == 0
+    results = json.loads((output / "all_results.json").read_text())
+    assert all(f"eval_{key}" in results for key in ROUGE_KEYS) and results["model"]["variant"] == variant
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(output / "model")
+    kind = "decoder_self" if model == "t5" else "self"
+    assert config.gqa_routing[kind]["mode"] == ("pairs" if variant in ("gqkva", "mkva") else variant)
+    if variant == "dgqa":  # the recipe added DGQAReallocate: with window 1 the allocation follows the key norms
+        from safetensors.torch import load_file
+
+        weights = load_file(output / "model" / "model.safetensors")
+        counts = weights["decoder.block.0.layer.0.SelfAttention.routing.allocation"]
+        assert counts.sum() == 8 and weights["decoder.block.0.layer.0.SelfAttention.routing.cache_filled"]

@@ -43,7 +43,13 @@ def test_saved_folder_carries_full_auto_map_and_self_contained_code(saved):
     config = json.loads((path / "config.json").read_text())
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM", "AutoModelForTextEncoding"}
     code = sorted(p.name for p in path.glob("*.py"))
-    assert code == ["configuration_t5_gqa.py", "gqa_attention.py", "modeling_t5_gqa.py", "weighted_kv.py"]
+    assert code == [
+        "configuration_t5_gqa.py",
+        "gqa_attention.py",
+        "modeling_t5_gqa.py",
+        "routing.py",
+        "weighted_kv.py",
+    ]
     for file in path.glob("*.py"):
         for node in ast.walk(ast.parse(file.read_text())):
             if isinstance(node, ast.ImportFrom):

@@ -23,6 +23,8 @@ class AttentionBlock:
     kv_keys: tuple[str, ...]  # state-dict keys whose dim 0 holds the key/value heads
     optional_kv_keys: tuple[str, ...] = ()  # the same, for tensors only some checkpoints have (biases)
     norm_keys: tuple[str, ...] = ()  # per-head norm weights over the K heads: pooled with "mean" whatever the init
+    q_keys: tuple[str, ...] = ()  # query projection weight (and bias): rows per query head (GQKVA pools them)
+    o_key: str | None = None  # output projection weight: columns per attention head (GQKVA re-assigns them)
 
 
 class Architecture:
@@ -68,6 +70,16 @@ class Architecture:
         raise UnsupportedModelError(
             f"{target.get('gqa_source_model_type') or target.get('model_type')} has no WGQA training form in hf-gqa; "
             "WGQA supports T5 and the decoder families with separate k_proj/v_proj (hf-gqa list)"
+        )
+
+    def routed_config(self, target: dict, routing: dict[str, dict]) -> dict:
+        """The converted config of a routed variant (KDGQA, DGQA, PGQA, the GQKVA family): `routing` is attention
+        kind -> `HeadRouting` spec. Families without a routed form refuse by name."""
+        from ..errors import UnsupportedModelError
+
+        raise UnsupportedModelError(
+            f"{target.get('gqa_source_model_type') or target.get('model_type')} has no routed-attention form in "
+            f"hf-gqa ({target.get('gqa_variant')}); it supports T5 and the decoder families of `hf-gqa list`"
         )
 
     def folded_config(self, config: dict) -> dict:

@@ -127,6 +127,8 @@ class NativeGQA(Architecture):
                     kv_keys=kv_keys + (norm_keys if norm is not None and norm.shape == "rows" else ()),
                     optional_kv_keys=optional,
                     norm_keys=norm_keys,
+                    q_keys=() if config["model_type"] == "phi3" else (f"{attn}.q_proj.weight", f"{attn}.q_proj.bias"),
+                    o_key=f"{attn}.{'dense' if config['model_type'] == 'phi' else 'o_proj'}.weight",
                 )
             )
         return blocks
@@ -219,6 +221,35 @@ class NativeGQA(Architecture):
             gqa_kv_source_heads=dict(source_heads),
         )
 
+    def routed_config(self, target: dict, routing: dict[str, dict]) -> dict:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM_NAMES
+
+        from ..errors import UnsupportedModelError
+        from ..modeling.configuration_routed_decoder import (
+            ROUTED_FAMILIES,
+            SUFFIX,
+            routed_auto_map,
+            routed_class_name,
+        )
+
+        model_type = target["model_type"]
+        if model_type not in ROUTED_FAMILIES:
+            raise UnsupportedModelError(
+                f"{model_type} has no routed-attention form in hf-gqa ({target.get('gqa_variant')}); supported: "
+                + ", ".join(ROUTED_FAMILIES)
+            )
+        architectures = target.get("architectures") or [CAUSAL_LM_NAMES[model_type]]
+        unknown = [a for a in architectures if not a.endswith(("ForCausalLM", "Model"))]
+        if unknown:
+            raise UnsupportedModelError(f"cannot route the attention of a {unknown[0]}: only *ForCausalLM and *Model")
+        return dict(
+            target,
+            model_type=f"{model_type}{SUFFIX}",
+            architectures=[routed_class_name(a) for a in architectures],
+            auto_map=routed_auto_map(model_type),
+            gqa_routing=routing,
+        )
+
     def kv_cache_bytes_per_token(self, config: dict, bytes_per_value: int) -> dict[str, int]:
         layers = config["num_hidden_layers"]
         return {"self": 2 * self._kv_heads(config) * self.head_dim(config) * layers * bytes_per_value}
@@ -259,4 +290,28 @@ class NativeWGQA(NativeGQA):
 
 register_architecture(NativeWGQA())
 
-__all__ = ["QK_NORMS", "NativeGQA", "NativeWGQA"]
+
+class NativeRouted(NativeGQA):
+    """The routed-attention form of the native families (`llama_routed`, ...: KDGQA, DGQA, PGQA, GQKVA), described
+    for `hf-gqa info` and reports. It is an end point: convert the original checkpoint instead."""
+
+    name = "native-routed"
+
+    @property
+    def source_model_types(self):  # noqa: D401  (a property: the family list lives with the modeling code)
+        from ..modeling.configuration_routed_decoder import ROUTED_FAMILIES, SUFFIX
+
+        return tuple(f"{t}{SUFFIX}" for t in ROUTED_FAMILIES)
+
+    def reexpress(self, config: dict, keys: Iterable[str] | None = None):
+        from ..errors import UnsupportedModelError
+
+        raise UnsupportedModelError(
+            f"{config['model_type']} is already a routed-attention checkpoint ({config.get('gqa_variant')}); "
+            "convert the checkpoint it came from instead"
+        )
+
+
+register_architecture(NativeRouted())
+
+__all__ = ["QK_NORMS", "NativeGQA", "NativeRouted", "NativeWGQA"]

@@ -43,6 +43,8 @@ class T5(Architecture):
                 kv_heads=self._kv_heads(config, kind),
                 head_dim=head_dim,
                 kv_keys=(f"{prefix}.k.weight", f"{prefix}.v.weight"),
+                q_keys=(f"{prefix}.q.weight",),
+                o_key=f"{prefix}.o.weight",
             )
             for kind, prefix in places
         ]
@@ -65,7 +67,17 @@ class T5(Architecture):
     def training_config(self, target: dict, source_heads: dict[str, int], weights: str) -> dict:
         return dict(target, gqa_kv_weights=weights, gqa_kv_source_heads=dict(source_heads))
 
+    def routed_config(self, target: dict, routing: dict[str, dict]) -> dict:
+        return dict(target, gqa_routing=routing)
+
     def reexpress(self, config: dict, keys: Iterable[str] | None = None):
+        if config.get("gqa_routing"):
+            from ..errors import UnsupportedModelError
+
+            raise UnsupportedModelError(
+                f"this t5_gqa checkpoint has routed attention ({config.get('gqa_variant')}); convert the "
+                "checkpoint it came from instead"
+            )
         if not config.get("gqa_kv_weights"):
             return None
         from ..fold import plan_fold  # a WGQA training form is converted as the GQA model it folds into

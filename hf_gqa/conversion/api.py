@@ -187,6 +187,7 @@ def convert(
     weights_init: str | float | None = None,
     similarity: str | None = None,
     regroup_every: int | None = None,
+    **routed_options,
 ) -> PreTrainedModel:
     """Convert a model, a local folder or a Hub id to grouped-query attention and return the converted model.
 
@@ -195,7 +196,14 @@ def convert(
     `variant="wgqa"` (or `"randwgqa"`) gives the WGQA training form instead (`weights`, `weights_init`: see
     `GQASpec`); fold it with `hf_gqa.fold` after uptraining. `variant="simgqa"` groups similar heads
     (`similarity`; with `regroup_every`, the training form for `hf_gqa.training.SimGQARegroup`).
+    `variant="kdgqa"`, `"dgqa"`, `"pgqa"`, `"gqkva"`, `"gkva"` or `"mkva"` gives routed attention; their options
+    (`q_groups`, `statistic`, `window`, `ema_alpha`, `evolution`, `noise_in_eval`) are `GQASpec`'s.
     """
+    unknown = sorted(
+        set(routed_options) - {"q_groups", "statistic", "window", "ema_alpha", "evolution", "noise_in_eval"}
+    )
+    if unknown:
+        raise HfGqaError(f"unknown conversion option {unknown[0]!r}")
     spec = GQASpec(
         variant=variant,
         groups=groups,
@@ -206,6 +214,7 @@ def convert(
         weights_init=weights_init,
         similarity=similarity,
         regroup_every=regroup_every,
+        **routed_options,
     )
     if isinstance(model_or_path, PreTrainedModel):
         return convert_model(model_or_path, spec, dtype=dtype)

@@ -135,6 +135,7 @@ def plan_conversion(
         ops.update(block_ops)
         required.update(k for k in block.kv_keys if k in block_ops)
         optional.update(block.optional_kv_keys)
+        optional.update(k for k in block.q_keys if k.endswith(".bias"))  # a query bias some checkpoints have
     tensors = TensorMap(
         ops=ops,
         required=frozenset(required),

@@ -57,6 +57,10 @@ class T5GQAConfig(T5Config):
         Set when heads were reordered (SimGQA): attention kind (`encoder`, `decoder_self`) -> one list per layer,
         whose entry `p` is the relative-position-bias head that the layer's head `p` uses. T5 computes the bias once
         per stack and shares it across layers, so a layer whose heads moved reads the bias through this order.
+    gqa_routing (`dict[str, dict]`, *optional*):
+        Routed attention (KDGQA, DGQA, PGQA, the GQKVA family): attention kind -> the routing of its layers (mode,
+        query and key/value heads, options; see `routing.py`). For the GQKVA family `q` has `q_heads` heads and `o`
+        takes one head per (query, key/value) pair. Kinds not listed use plain grouped attention.
 
     Heads are grouped in contiguous blocks: query head `h` reads key/value head `h // (num_heads // G)`, the
     convention of transformers' `repeat_kv`.
@@ -76,6 +80,7 @@ class T5GQAConfig(T5Config):
     gqa_kv_weights: str | None = None
     gqa_kv_source_heads: dict[str, int] | None = None
     gqa_head_order: dict[str, list[list[int]]] | None = None
+    gqa_routing: dict[str, dict] | None = None
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
@@ -124,6 +129,10 @@ class T5GQAConfig(T5Config):
         """The bias-head order of one layer of an attention kind (None: heads in their original order)."""
         orders = (self.gqa_head_order or {}).get(kind)
         return list(orders[layer]) if orders and layer < len(orders) and orders[layer] is not None else None
+
+    def routing(self, kind: str) -> dict | None:
+        """The routed attention of one attention kind (KDGQA, DGQA, PGQA, GQKVA; see `routing.py`), else None."""
+        return (self.gqa_routing or {}).get(kind)
 
     def kv_source_heads(self, kind: str) -> int | None:
         """The K/V heads the weighted projections of one attention kind keep (WGQA training form), else None."""

@@ -56,12 +56,12 @@ class GPT2GQAAttention(GPT2Attention):
         if self.num_key_value_heads != self.num_heads:
             self.c_attn = Conv1D(self.embed_dim + 2 * kv_dim, self.embed_dim)
 
-    # Copied from transformers 5.23 `GPT2Attention.forward`; every change is marked `hf-gqa:`.
+    # Copied from transformers 5.24 `GPT2Attention.forward`; every change is marked `hf-gqa:`.
     # tests/test_gpt2.py::test_forward_copy_matches_upstream fails when upstream changes.
     def forward(
         self,
         hidden_states: tuple[torch.Tensor] | None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
@@ -69,16 +69,16 @@ class GPT2GQAAttention(GPT2Attention):
         **kwargs,
     ) -> tuple[torch.Tensor | tuple[torch.Tensor], ...]:
         is_cross_attention = encoder_hidden_states is not None
-        if past_key_values is not None:
-            if isinstance(past_key_values, EncoderDecoderCache):
-                is_updated = past_key_values.is_updated.get(self.layer_idx)
+        if cache is not None:
+            if isinstance(cache, EncoderDecoderCache):
+                is_updated = cache.is_updated.get(self.layer_idx)
                 if is_cross_attention:
                     # after the first generated id, we can subsequently re-use all key/value_layer from cache
-                    curr_past_key_values = past_key_values.cross_attention_cache
+                    curr_cache = cache.cross_attention_cache
                 else:
-                    curr_past_key_values = past_key_values.self_attention_cache
+                    curr_cache = cache.self_attention_cache
             else:
-                curr_past_key_values = past_key_values
+                curr_cache = cache
 
         if is_cross_attention:
             if not hasattr(self, "q_attn"):
@@ -90,9 +90,9 @@ class GPT2GQAAttention(GPT2Attention):
             attention_mask = encoder_attention_mask
 
             # Try to get key/value states from cache if possible
-            if past_key_values is not None and is_updated:
-                key_states = curr_past_key_values.layers[self.layer_idx].keys
-                value_states = curr_past_key_values.layers[self.layer_idx].values
+            if cache is not None and is_updated:
+                key_states = curr_cache.layers[self.layer_idx].keys
+                value_states = curr_cache.layers[self.layer_idx].values
             else:
                 key_states, value_states = self.c_attn(encoder_hidden_states).split(self.split_size, dim=2)
                 shape_kv = (*key_states.shape[:-1], -1, self.head_dim)
@@ -109,13 +109,13 @@ class GPT2GQAAttention(GPT2Attention):
         shape_q = (*query_states.shape[:-1], -1, self.head_dim)
         query_states = query_states.view(shape_q).transpose(1, 2)
 
-        if (past_key_values is not None and not is_cross_attention) or (
-            past_key_values is not None and is_cross_attention and not is_updated
+        if (cache is not None and not is_cross_attention) or (
+            cache is not None and is_cross_attention and not is_updated
         ):
-            key_states, value_states = curr_past_key_values.update(key_states, value_states, self.layer_idx)
+            key_states, value_states = curr_cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
             # set flag that curr layer for cross-attn is already updated so we can re-use in subsequent calls
             if is_cross_attention:
-                past_key_values.is_updated[self.layer_idx] = True
+                cache.is_updated[self.layer_idx] = True
 
         using_eager = self.config._attn_implementation == "eager"
         # hf-gqa: eager repeats the G key/value heads to H before GPT-2's eager math; every other implementation

@@ -26,6 +26,7 @@ from transformers.models.t5.modeling_t5 import T5Attention
 
 from .configuration_t5_gqa import T5GQAConfig
 from .gqa_attention import eager_gqa_attention_forward, sdpa_gqa_attention_forward
+from .routing import HeadRouting, routed_attention_forward
 from .weighted_kv import HeadMixer, WeightedKV
 
 _GQA_ATTENTION_FUNCTIONS = {"eager": eager_gqa_attention_forward, "sdpa": sdpa_gqa_attention_forward}
@@ -48,6 +49,7 @@ class T5GQAAttention(T5Attention):
         kv_weights: str | None = None,
         kv_source_heads: int | None = None,
         head_order: list[int] | None = None,
+        routing: dict | None = None,
     ):
         super().__init__(
             config, has_relative_attention_bias=has_relative_attention_bias, layer_idx=layer_idx, is_causal=is_causal
@@ -66,6 +68,15 @@ class T5GQAAttention(T5Attention):
             self.k = nn.Linear(self.d_model, kv_dim, bias=False)
             self.v = nn.Linear(self.d_model, kv_dim, bias=False)
         self.set_head_order(head_order)
+        self.routing = None
+        if routing is not None:  # routed attention: KDGQA, DGQA, PGQA or the GQKVA family
+            self.routing = HeadRouting(routing)
+            if self.routing.kv_heads != self.num_key_value_heads or self.routing.heads != self.n_heads:
+                raise ValueError(f"routing {routing} does not match {self.n_heads} heads / {self.num_key_value_heads}")
+            if self.routing.mode == "pairs":
+                d = self.key_value_proj_dim
+                self.q = nn.Linear(self.d_model, self.routing.q_heads * d, bias=False)
+                self.o = nn.Linear(self.routing.out_heads * d, self.d_model, bias=False)
 
     def set_head_order(self, order: list[int] | None) -> None:
         """Read the shared relative position bias through `order` (heads reordered by SimGQA); None: as is."""
@@ -82,7 +93,7 @@ class T5GQAAttention(T5Attention):
         """Query heads per key/value head (read by transformers' attention functions)."""
         return self.n_heads // self.num_key_value_heads
 
-    # Copied from transformers 5.23 `T5Attention.forward`; every change is marked `hf-gqa:`.
+    # Copied from transformers 5.24 `T5Attention.forward`; every change is marked `hf-gqa:`.
     # tests/test_modeling_t5_gqa.py::test_forward_copy_matches_upstream fails when upstream changes.
     def forward(
         self,
@@ -90,12 +101,12 @@ class T5GQAAttention(T5Attention):
         mask=None,
         key_value_states=None,
         position_bias=None,
-        past_key_values=None,
+        cache=None,
         **kwargs,
     ):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.key_value_proj_dim)
-        past_seen_tokens = past_key_values.get_seq_length(self.layer_idx) if past_key_values is not None else 0
+        past_seen_tokens = cache.get_seq_length(self.layer_idx) if cache is not None else 0
         past_seen_tokens = past_seen_tokens.clone() if isinstance(past_seen_tokens, torch.Tensor) else past_seen_tokens
 
         is_cross_attention = key_value_states is not None
@@ -103,29 +114,29 @@ class T5GQAAttention(T5Attention):
         query_states = self.q(hidden_states).view(hidden_shape).transpose(1, 2)
 
         is_updated = False
-        if isinstance(past_key_values, EncoderDecoderCache):
-            is_updated = past_key_values.is_updated.get(self.layer_idx)
+        if isinstance(cache, EncoderDecoderCache):
+            is_updated = cache.is_updated.get(self.layer_idx)
             if is_cross_attention:
-                curr_past_key_values = past_key_values.cross_attention_cache
+                curr_cache = cache.cross_attention_cache
             else:
-                curr_past_key_values = past_key_values.self_attention_cache
+                curr_cache = cache.self_attention_cache
         else:
-            curr_past_key_values = past_key_values
+            curr_cache = cache
 
         current_states = key_value_states if is_cross_attention else hidden_states
-        if is_cross_attention and past_key_values is not None and is_updated:
-            key_states = curr_past_key_values.layers[self.layer_idx].keys
-            value_states = curr_past_key_values.layers[self.layer_idx].values
+        if is_cross_attention and cache is not None and is_updated:
+            key_states = curr_cache.layers[self.layer_idx].keys
+            value_states = curr_cache.layers[self.layer_idx].values
         else:
             # hf-gqa: `-1` heads, so the projections give (batch, G, seq, d_kv) and the cache stores G heads.
             kv_shape = (*current_states.shape[:-1], -1, self.key_value_proj_dim)
             key_states = self.k(current_states).view(kv_shape).transpose(1, 2)
             value_states = self.v(current_states).view(kv_shape).transpose(1, 2)
 
-            if past_key_values is not None:
-                key_states, value_states = curr_past_key_values.update(key_states, value_states, self.layer_idx)
-                if is_cross_attention and isinstance(past_key_values, EncoderDecoderCache):
-                    past_key_values.is_updated[self.layer_idx] = True
+            if cache is not None:
+                key_states, value_states = curr_cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
+                if is_cross_attention and isinstance(cache, EncoderDecoderCache):
+                    cache.is_updated[self.layer_idx] = True
 
         if position_bias is None and self.has_relative_attention_bias:
             # hf-gqa: layers without a relative bias (cross-attention) pass no bias instead of a tensor of zeros, which
@@ -143,11 +154,13 @@ class T5GQAAttention(T5Attention):
             layer_bias = position_bias.index_select(1, order)
 
         # hf-gqa: eager and sdpa go through grouped-head functions; others (e.g. a registered custom function) are
-        # looked up as usual and must handle grouped heads themselves.
+        # looked up as usual and must handle grouped heads themselves. Routed attention is its own function.
         implementation = self.config._attn_implementation or "eager"
         attention_interface: Callable = _GQA_ATTENTION_FUNCTIONS.get(implementation) or (
             ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_gqa_attention_forward)
         )
+        if self.routing is not None:
+            attention_interface = routed_attention_forward
 
         attn_output, attn_weights = attention_interface(
             self,
@@ -188,15 +201,20 @@ def _use_gqa_attention(model: nn.Module, config: T5GQAConfig) -> None:
                     kv_weights=config.gqa_kv_weights if config.kv_source_heads(kind) else None,
                     kv_source_heads=config.kv_source_heads(kind),
                     head_order=config.head_order(kind, old.layer_idx),
+                    routing=config.routing(kind),
                 )
                 model._init_weights(new)  # a HeadMixer initialises itself (to the mean)
                 setattr(layer, attr, new)
 
 
 def _init_head_mixer(module: nn.Module) -> None:
-    """The mixers of the WGQA training form start at their mean (what `from_pretrained` uses for missing ones)."""
+    """The mixers of the WGQA training form start at their mean (what `from_pretrained` uses for missing ones), and
+    DGQA's routing at the uniform allocation."""
     if isinstance(module, HeadMixer):
         init.constant_(module.weight, module.init_value)
+    elif isinstance(module, HeadRouting):
+        with torch.no_grad():
+            module.reset_state()
 
 
 class _T5GQAInit:

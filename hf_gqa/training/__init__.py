@@ -16,11 +16,13 @@ from .data import (
     tokenize_summarization,
     write_jsonl,
 )
+from .dgqa import DGQAReallocate, dgqa_modules
 from .evaluation import decode_throughput, evaluate_summarization
 from .hooks import HookCallback, TrainingHook, TrainingState, run_hooks
 from .lora import apply_lora, lora_targets, merge_lora, register_peft_defaults
 from .model import (
     build_hooks,
+    default_hooks,
     describe_model,
     fold,
     freeze_relative_attention_bias,
@@ -34,6 +36,8 @@ from .runlog import RunLogger
 from .simgqa import SimGQARegroup, regroup_heads_
 
 __all__ = [
+    "DGQAReallocate",
+    "dgqa_modules",
     "SimGQARegroup",
     "regroup_heads_",
     "DEFAULT_PROMPT_TEMPLATE",
@@ -50,6 +54,7 @@ __all__ = [
     "aclsum_dir",
     "apply_lora",
     "build_hooks",
+    "default_hooks",
     "compute_rouge",
     "decode_throughput",
     "describe_model",

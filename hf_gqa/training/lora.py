@@ -5,17 +5,19 @@ projections (and whatever a training-form variant keeps inside them, e.g. WGQA's
     ...                               # train
     model = merge_lora(model)         # the plain transformers model again, adapters merged
 
-`register_peft_defaults()` (called by `apply_lora`) also gives hf-gqa's model types (`t5_gqa`, `gpt2_gqa`) the default
-target modules of the families they come from, in every `TRANSFORMERS_MODELS_TO_*` map of peft, so that
-`LoraConfig()` without `target_modules` works on them as it does on `t5` and `gpt2`.
+`register_peft_defaults()` (called by `apply_lora`) also gives hf-gqa's model types (`t5_gqa`, `gpt2_gqa`,
+`llama_routed`, ...) the default target modules of the families they come from, in every `TRANSFORMERS_MODELS_TO_*`
+map of peft, so that `LoraConfig()` without `target_modules` works on them as it does on `t5` and `gpt2`.
 """
 
 import torch
 
 from ..errors import HfGqaError
+from ..modeling.configuration_routed_decoder import ROUTED_FAMILIES, SUFFIX
 from .model import grouped_kv_modules
 
-PEFT_MODEL_TYPES = {"t5_gqa": "t5", "gpt2_gqa": "gpt2"}  # hf-gqa model type -> the peft defaults it takes
+# hf-gqa model type -> the peft defaults it takes
+PEFT_MODEL_TYPES = {"t5_gqa": "t5", "gpt2_gqa": "gpt2", **{f"{t}{SUFFIX}": t for t in ROUTED_FAMILIES}}
 
 
 def _peft():
@@ -27,7 +29,8 @@ def _peft():
 
 
 def register_peft_defaults() -> None:
-    """Copy peft's per-model-type defaults of `t5`/`gpt2` to `t5_gqa`/`gpt2_gqa` (idempotent)."""
+    """Copy peft's per-model-type defaults of `t5`, `gpt2` and the routed families to hf-gqa's model types
+    (idempotent)."""
     _peft()
     from peft.utils import constants
 

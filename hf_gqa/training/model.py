@@ -141,6 +141,15 @@ def build_hooks(specs: list[str] | None) -> list[TrainingHook]:
     return hooks
 
 
+def default_hooks(model, hooks: list[TrainingHook]) -> list[TrainingHook]:
+    """Hooks a model needs that `hooks` lacks: `DGQAReallocate` for a DGQA model."""
+    from .dgqa import DGQAReallocate, dgqa_modules
+
+    if dgqa_modules(model) and not any(isinstance(h, DGQAReallocate) for h in hooks):
+        return [DGQAReallocate()]
+    return []
+
+
 def grouped_kv_modules(model) -> list[str]:
     """Names of the modules holding the converted (grouped) keys and values, e.g. T5's
     `decoder.block.0.layer.0.SelfAttention.k`; for fused layouts (GPT-2's `c_attn`) the fused projection."""
@@ -158,7 +167,10 @@ def grouped_kv_modules(model) -> list[str]:
     for block in architecture.attention_blocks(config, keys=keys):
         if block.kind not in kinds:
             continue
-        for key in block.kv_keys + block.optional_kv_keys:
+        keys = block.kv_keys + block.optional_kv_keys
+        if ((config.get("gqa_routing") or {}).get(block.kind) or {}).get("mode") == "pairs":
+            keys += block.q_keys + ((block.o_key,) if block.o_key else ())  # GQKVA: pooled queries, new outputs
+        for key in keys:
             name = key.rsplit(".", 1)[0]
             if name in modules and name not in names:
                 names.append(name)

@@ -13,6 +13,24 @@ if TYPE_CHECKING:
     from ..tensormap import TensorOp
 
 
+# Options of the routed variants, by the variants that take them (the CLI flag in parentheses).
+ROUTED_OPTIONS = {
+    "q_groups": (("gqkva",), "--q-groups"),
+    "statistic": (("kdgqa",), "--statistic"),
+    "window": (("dgqa",), "--window"),
+    "ema_alpha": (("dgqa",), "--ema-alpha"),
+    "evolution": (("dgqa",), "--evolution"),
+    "noise_in_eval": (("pgqa",), "--noise-in-eval"),
+}
+
+
+def check_routed_options(name: str, spec: "GQASpec") -> None:
+    """Refuse a routed variant's option given to another variant (one line)."""
+    for option, (variants, flag) in ROUTED_OPTIONS.items():
+        if getattr(spec, option) is not None and name not in variants:
+            raise HfGqaError(f"{flag} applies to {' and '.join(variants)} only, not to {name!r}")
+
+
 class Variant:
     """Base strategy: regroup each block's K/V heads to `kv_heads()` heads with a `KV_INITS` initialiser."""
 
@@ -35,6 +53,7 @@ class Variant:
             raise HfGqaError(f"--weights and --weights-init apply to wgqa and randwgqa only, not to {self.name!r}")
         if spec.similarity is not None or spec.regroup_every is not None:
             raise HfGqaError(f"--similarity and --regroup-every apply to simgqa only, not to {self.name!r}")
+        check_routed_options(self.name, spec)
 
     def prelude(self, architecture, config: dict, blocks, kv_heads, spec, get):
         """A `TensorMap` to apply before the variant's own tensor ops (e.g. a head reorder) and the config entries
@@ -86,4 +105,4 @@ class Variant:
         return groups
 
 
-__all__ = ["Variant"]
+__all__ = ["ROUTED_OPTIONS", "Variant", "check_routed_options"]

@@ -19,7 +19,7 @@ from ..grouping import valid_group_counts
 from ..modeling.weighted_kv import WEIGHT_SHAPES, mixer_shape
 from ..registry import register_variant
 from ..tensormap import TensorOp
-from .base import Variant
+from .base import Variant, check_routed_options
 
 MIXER_SUFFIX = "mixer.weight"
 
@@ -41,6 +41,7 @@ class WGQA(Variant):
     def check_spec(self, spec) -> None:
         if self.name != "simgqa" and (spec.similarity is not None or spec.regroup_every is not None):
             raise HfGqaError(f"--similarity and --regroup-every apply to simgqa only, not to {self.name!r}")
+        check_routed_options(self.name, spec)
         if spec.init != "mean":
             raise HfGqaError(f"--init applies to gqa and mqa; {self.name} keeps every K/V head (see --weights-init)")
         if spec.weights is not None and spec.weights not in WEIGHT_SHAPES:
