@@ -527,8 +527,12 @@ def _list(args) -> int:
     from .registry import VARIANTS, list_model_types
 
     types = list_model_types()
-    print("model types: " + ", ".join(t for t in types if not t.endswith("_wgqa")))
+    print("model types: " + ", ".join(t for t in types if not t.endswith(("_wgqa", "_routed"))))
     print("WGQA training forms (fold or convert them): " + ", ".join(t for t in types if t.endswith("_wgqa")))
+    print(
+        "routed-attention forms (kdgqa, dgqa, pgqa, gqkva, gkva, mkva): "
+        + ", ".join(t for t in types if t.endswith("_routed"))
+    )
     print("variants:")
     for name, cls in sorted(VARIANTS.items()):
         print(f"  {name:<8} {cls.summary}")

@@ -20,7 +20,7 @@ from .tensormap import TensorMap, TensorOp
 from .variants.wgqa import mixer_key
 
 # The remote code of the decoder training form: a folded (stock) checkpoint must not keep it.
-TRAINING_FORM_CODE = ("configuration_wgqa_decoder.py", "modeling_wgqa_decoder.py", "weighted_kv.py")
+TRAINING_FORM_CODE = ("configuration_wgqa_decoder.py", "family_forms.py", "modeling_wgqa_decoder.py", "weighted_kv.py")
 
 
 def is_training_form(config) -> bool:

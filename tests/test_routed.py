@@ -296,7 +296,12 @@ def test_routed_checkpoints_reload_with_the_auto_classes(saved):
     config = json.loads((saved["llama"][0] / "config.json").read_text())
     assert config["model_type"] == "llama_routed" and config["gqa_routing"]["self"]["window"] == 5
     code = sorted(p.name for p in saved["llama"][0].glob("*.py"))
-    assert code == ["configuration_routed_decoder.py", "modeling_routed_decoder.py", "routing.py"]
+    assert code == [
+        "configuration_routed_decoder.py",
+        "family_forms.py",
+        "modeling_routed_decoder.py",
+        "routing.py",
+    ]
     assert "routing.py" in {p.name for p in saved["t5"][0].glob("*.py")}
 
 

@@ -243,7 +243,12 @@ def test_the_training_forms_reload_with_the_auto_classes(saved):
         assert type(model).__module__.startswith("hf_gqa.")  # the installed classes, not remote code
         assert torch.equal(logits(model), expected)
     code = sorted(p.name for p in saved["llama"][0].glob("*.py"))
-    assert code == ["configuration_wgqa_decoder.py", "modeling_wgqa_decoder.py", "weighted_kv.py"]
+    assert code == [
+        "configuration_wgqa_decoder.py",
+        "family_forms.py",
+        "modeling_wgqa_decoder.py",
+        "weighted_kv.py",
+    ]
     assert json.loads((saved["llama"][0] / "config.json").read_text())["model_type"] == "llama_wgqa"
 
 
@@ -309,6 +314,7 @@ def test_streamed_training_form_and_fold_equal_in_memory_bit_for_bit(tmp_path, v
     assert result.plan.config["model_type"] == "llama_wgqa"
     assert {p.name for p in (tmp_path / "streamed").glob("*.py")} == {
         "configuration_wgqa_decoder.py",
+        "family_forms.py",
         "modeling_wgqa_decoder.py",
         "weighted_kv.py",
     }

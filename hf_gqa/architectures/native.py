@@ -194,61 +194,53 @@ class NativeGQA(Architecture):
     def target_architecture(self, source_architecture: str) -> str:
         return source_architecture
 
-    def training_config(self, target: dict, source_heads: dict[str, int], weights: str) -> dict:
+    @staticmethod
+    def _form_config(target: dict, tag: str, suffix: str, what: str, **fields) -> dict:
+        """`target` as hf-gqa's form `tag` of its family (`<family><suffix>`, classes `<Family><tag>...`)."""
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM_NAMES
 
         from ..errors import UnsupportedModelError
-        from ..modeling.configuration_wgqa_decoder import SUFFIX, WGQA_FAMILIES, wgqa_auto_map, wgqa_class_name
+        from ..modeling.family_forms import form_auto_map, form_class_name
 
         model_type = target["model_type"]
-        if model_type not in WGQA_FAMILIES:
-            raise UnsupportedModelError(
-                f"{model_type} fuses q, k and v into one projection (qkv_proj): WGQA is not supported for it; "
-                "use --variant gqa"
-            )
         architectures = target.get("architectures") or [CAUSAL_LM_NAMES[model_type]]
         unknown = [a for a in architectures if not a.endswith(("ForCausalLM", "Model"))]
         if unknown:
             raise UnsupportedModelError(
-                f"cannot give a {unknown[0]} a WGQA training form: hf-gqa has one for *ForCausalLM and *Model only"
+                f"cannot give a {unknown[0]} {what}: hf-gqa has one for *ForCausalLM and *Model only"
             )
+        modules = {"WGQA": "wgqa_decoder", "Routed": "routed_decoder"}[tag]
         return dict(
             target,
-            model_type=f"{model_type}{SUFFIX}",
-            architectures=[wgqa_class_name(a) for a in architectures],
-            auto_map=wgqa_auto_map(model_type),
-            gqa_kv_weights=weights,
-            gqa_kv_source_heads=dict(source_heads),
+            model_type=f"{model_type}{suffix}",
+            architectures=[form_class_name(a, tag) for a in architectures],
+            auto_map=form_auto_map(model_type, tag, f"configuration_{modules}", f"modeling_{modules}"),
+            **fields,
+        )
+
+    def training_config(self, target: dict, source_heads: dict[str, int], weights: str) -> dict:
+        from ..errors import UnsupportedModelError
+        from ..modeling.configuration_wgqa_decoder import SUFFIX, TAG, WGQA_FAMILIES
+
+        if target["model_type"] not in WGQA_FAMILIES:
+            raise UnsupportedModelError(
+                f"{target['model_type']} fuses q, k and v into one projection (qkv_proj): WGQA is not supported for "
+                "it; use --variant gqa"
+            )
+        return self._form_config(
+            target, TAG, SUFFIX, "a WGQA training form", gqa_kv_weights=weights, gqa_kv_source_heads=dict(source_heads)
         )
 
     def routed_config(self, target: dict, routing: dict[str, dict]) -> dict:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM_NAMES
-
         from ..errors import UnsupportedModelError
-        from ..modeling.configuration_routed_decoder import (
-            ROUTED_FAMILIES,
-            SUFFIX,
-            routed_auto_map,
-            routed_class_name,
-        )
+        from ..modeling.configuration_routed_decoder import ROUTED_FAMILIES, SUFFIX, TAG
 
-        model_type = target["model_type"]
-        if model_type not in ROUTED_FAMILIES:
+        if target["model_type"] not in ROUTED_FAMILIES:
             raise UnsupportedModelError(
-                f"{model_type} has no routed-attention form in hf-gqa ({target.get('gqa_variant')}); supported: "
-                + ", ".join(ROUTED_FAMILIES)
+                f"{target['model_type']} has no routed-attention form in hf-gqa ({target.get('gqa_variant')}); "
+                "supported: " + ", ".join(ROUTED_FAMILIES)
             )
-        architectures = target.get("architectures") or [CAUSAL_LM_NAMES[model_type]]
-        unknown = [a for a in architectures if not a.endswith(("ForCausalLM", "Model"))]
-        if unknown:
-            raise UnsupportedModelError(f"cannot route the attention of a {unknown[0]}: only *ForCausalLM and *Model")
-        return dict(
-            target,
-            model_type=f"{model_type}{SUFFIX}",
-            architectures=[routed_class_name(a) for a in architectures],
-            auto_map=routed_auto_map(model_type),
-            gqa_routing=routing,
-        )
+        return self._form_config(target, TAG, SUFFIX, "routed attention", gqa_routing=routing)
 
     def kv_cache_bytes_per_token(self, config: dict, bytes_per_value: int) -> dict[str, int]:
         layers = config["num_hidden_layers"]

@@ -43,7 +43,7 @@ def get_architecture(config: Mapping) -> Architecture:
     except KeyError:
         raise UnsupportedModelError(
             f"model_type {model_type!r} is not supported; supported: "
-            + ", ".join(t for t in list_model_types() if not t.endswith("_wgqa"))  # not the WGQA training forms
+            + ", ".join(t for t in list_model_types() if not t.endswith(("_wgqa", "_routed")))  # not hf-gqa's forms
         ) from None
 
 

@@ -17,6 +17,7 @@ A routed checkpoint is never written under a stock `model_type`: stock transform
 from huggingface_hub.dataclasses import strict
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from .family_forms import form_auto_map, form_class_name, name_config_class
 from .routing import MODES
 
 # Families whose attention reads q_proj/k_proj/v_proj/o_proj and calls transformers' attention interface.
@@ -36,24 +37,17 @@ ROUTED_FAMILIES = (
 SUFFIX = "_routed"
 
 
+TAG = "Routed"
+
+
 def routed_class_name(stock_name: str) -> str:
     """`LlamaForCausalLM` -> `LlamaRoutedForCausalLM`, `LlamaModel` -> `LlamaRoutedModel`, `LlamaConfig` -> ..."""
-    for suffix in ("ForCausalLM", "Model", "Config"):
-        if stock_name.endswith(suffix):
-            return f"{stock_name.removesuffix(suffix)}Routed{suffix}"
-    raise ValueError(f"no routed form of {stock_name}")
+    return form_class_name(stock_name, TAG)
 
 
 def routed_auto_map(model_type: str) -> dict[str, str]:
     """The `auto_map` of a routed checkpoint of the stock `model_type`: every Auto class resolves."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES as BASE
-
-    return {
-        "AutoConfig": f"configuration_routed_decoder.{routed_class_name(CONFIG_MAPPING[model_type].__name__)}",
-        "AutoModel": f"modeling_routed_decoder.{routed_class_name(BASE[model_type])}",
-        "AutoModelForCausalLM": f"modeling_routed_decoder.{routed_class_name(CAUSAL_LM[model_type])}",
-    }
+    return form_auto_map(model_type, TAG, "configuration_routed_decoder", "modeling_routed_decoder")
 
 
 def _routed_config_class(model_type: str) -> type:
@@ -95,29 +89,19 @@ def _routed_config_class(model_type: str) -> type:
         def routing(self, kind: str = "self") -> dict | None:
             return self.gqa_routing.get(kind)
 
-    name = routed_class_name(base.__name__)
-    RoutedConfig.model_type = f"{model_type}{SUFFIX}"
-    RoutedConfig.__name__ = RoutedConfig.__qualname__ = name
-    RoutedConfig.__module__ = __name__
-    RoutedConfig.__doc__ = (
-        f"A [`{base.__name__}`] with routed attention (KDGQA, DGQA, PGQA, GQKVA): see the module doc."
-    )
-    return RoutedConfig
+    doc = f"A [`{base.__name__}`] with routed attention (KDGQA, DGQA, PGQA, GQKVA): see the module docstring."
+    return name_config_class(RoutedConfig, base, TAG, SUFFIX, globals(), doc)
 
 
 # model_type of the stock family -> its routed config class; each class is also a global of this module, so an
 # `auto_map` entry such as `configuration_routed_decoder.LlamaRoutedConfig` resolves.
-ROUTED_CONFIGS: dict[str, type] = {}
-for _model_type in ROUTED_FAMILIES:
-    _cls = _routed_config_class(_model_type)
-    ROUTED_CONFIGS[_model_type] = _cls
-    globals()[_cls.__name__] = _cls
-del _model_type, _cls
+ROUTED_CONFIGS: dict[str, type] = {model_type: _routed_config_class(model_type) for model_type in ROUTED_FAMILIES}
 
 __all__ = [
     "ROUTED_CONFIGS",
     "ROUTED_FAMILIES",
     "SUFFIX",
+    "TAG",
     "routed_auto_map",
     "routed_class_name",
     *(cls.__name__ for cls in ROUTED_CONFIGS.values()),

@@ -19,6 +19,8 @@ checkpoint of the family with `num_key_value_heads=G`.
 from huggingface_hub.dataclasses import strict
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from .family_forms import form_auto_map, form_class_name, name_config_class
+from .family_forms import stock_class_name as form_stock_class_name
 from .weighted_kv import WEIGHT_SHAPES
 
 # The families with native `num_key_value_heads` whose attention reads separate `k_proj`/`v_proj` modules. (Phi-3
@@ -52,32 +54,22 @@ WGQA_FAMILIES = (
 SUFFIX = "_wgqa"
 
 
+TAG = "WGQA"
+
+
 def wgqa_class_name(stock_name: str) -> str:
     """`LlamaForCausalLM` -> `LlamaWGQAForCausalLM`, `LlamaModel` -> `LlamaWGQAModel`, `LlamaConfig` -> ..."""
-    for suffix in ("ForCausalLM", "Model", "Config"):
-        if stock_name.endswith(suffix):
-            return f"{stock_name.removesuffix(suffix)}WGQA{suffix}"
-    raise ValueError(f"no WGQA training form of {stock_name}")
+    return form_class_name(stock_name, TAG)
 
 
 def stock_class_name(wgqa_name: str) -> str:
     """The inverse of `wgqa_class_name`."""
-    for suffix in ("ForCausalLM", "Model", "Config"):
-        if wgqa_name.endswith(f"WGQA{suffix}"):
-            return wgqa_name.removesuffix(f"WGQA{suffix}") + suffix
-    raise ValueError(f"{wgqa_name} is not a WGQA training-form class")
+    return form_stock_class_name(wgqa_name, TAG)
 
 
 def wgqa_auto_map(model_type: str) -> dict[str, str]:
     """The `auto_map` of a training-form checkpoint of the stock `model_type`: every Auto class resolves."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES as BASE
-
-    return {
-        "AutoConfig": f"configuration_wgqa_decoder.{wgqa_class_name(CONFIG_MAPPING[model_type].__name__)}",
-        "AutoModel": f"modeling_wgqa_decoder.{wgqa_class_name(BASE[model_type])}",
-        "AutoModelForCausalLM": f"modeling_wgqa_decoder.{wgqa_class_name(CAUSAL_LM[model_type])}",
-    }
+    return form_auto_map(model_type, TAG, "configuration_wgqa_decoder", "modeling_wgqa_decoder")
 
 
 def _wgqa_config_class(model_type: str) -> type:
@@ -118,28 +110,20 @@ def _wgqa_config_class(model_type: str) -> type:
             """The K/V heads the weighted projections keep (decoders have one attention kind, `self`)."""
             return self.gqa_kv_source_heads.get(kind)
 
-    name = wgqa_class_name(base.__name__)
-    WGQAConfig.model_type = f"{model_type}{SUFFIX}"
-    WGQAConfig.__name__ = WGQAConfig.__qualname__ = name
-    WGQAConfig.__module__ = __name__
-    WGQAConfig.__doc__ = (
+    doc = (
         f"A [`{base.__name__}`] in the WGQA training form: `k_proj`/`v_proj` keep `gqa_kv_source_heads['self']` heads "
         "and learn how each group of them becomes one of the `num_key_value_heads` heads. See the module docstring."
     )
-    return WGQAConfig
+    return name_config_class(WGQAConfig, base, TAG, SUFFIX, globals(), doc)
 
 
 # model_type of the stock family -> its training-form config class; each class is also a global of this module, so
 # an `auto_map` entry such as `configuration_wgqa_decoder.LlamaWGQAConfig` resolves.
-WGQA_CONFIGS: dict[str, type] = {}
-for _model_type in WGQA_FAMILIES:
-    _cls = _wgqa_config_class(_model_type)
-    WGQA_CONFIGS[_model_type] = _cls
-    globals()[_cls.__name__] = _cls
-del _model_type, _cls
+WGQA_CONFIGS: dict[str, type] = {model_type: _wgqa_config_class(model_type) for model_type in WGQA_FAMILIES}
 
 __all__ = [
     "SUFFIX",
+    "TAG",
     "WGQA_CONFIGS",
     "WGQA_FAMILIES",
     "stock_class_name",

@@ -13,10 +13,9 @@ cache (`num_key_value_heads` heads) and generation are upstream code.
 
 import torch
 from torch import nn
-from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.models.auto import modeling_auto
 
-from .configuration_routed_decoder import ROUTED_CONFIGS, SUFFIX, routed_class_name
+from .configuration_routed_decoder import ROUTED_CONFIGS, SUFFIX, TAG
+from .family_forms import form_model_classes
 from .routing import ATTENTION_NAME, HeadRouting, register_attention
 
 register_attention()
@@ -59,35 +58,12 @@ def _routed_model_class(base: type, config_class: type) -> type:
                 with torch.no_grad():
                     module.reset_state()
 
-    RoutedModel.config_class = config_class
-    RoutedModel.__name__ = RoutedModel.__qualname__ = routed_class_name(base.__name__)
-    RoutedModel.__module__ = __name__
     RoutedModel.__doc__ = f"[`{base.__name__}`] with routed self-attention (`self_attn.routing`, see `routing.py`)."
     return RoutedModel
 
 
-def _stock_class(names: dict, model_type: str) -> type:
-    import transformers
-
-    return getattr(transformers, names[model_type])
-
-
 # model_type of the stock family -> {"AutoModel": class, "AutoModelForCausalLM": class}; each class is also a global
 # of this module, so an `auto_map` entry such as `modeling_routed_decoder.LlamaRoutedForCausalLM` resolves.
-ROUTED_MODELS: dict[str, dict[str, type]] = {}
-for _model_type, _config_class in ROUTED_CONFIGS.items():
-    ROUTED_MODELS[_model_type] = {}
-    for _auto, _names in (
-        ("AutoModel", modeling_auto.MODEL_MAPPING_NAMES),
-        ("AutoModelForCausalLM", modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
-    ):
-        _cls = _routed_model_class(_stock_class(_names, _model_type), _config_class)
-        _cls.register_for_auto_class(_auto)
-        ROUTED_MODELS[_model_type][_auto] = _cls
-        globals()[_cls.__name__] = _cls
-    _mapping = get_checkpoint_conversion_mapping(_model_type)
-    if _mapping:
-        register_checkpoint_conversion_mapping(f"{_model_type}{SUFFIX}", _mapping, overwrite=True)
-del _model_type, _config_class, _auto, _names, _cls, _mapping
+ROUTED_MODELS = form_model_classes(ROUTED_CONFIGS, TAG, SUFFIX, _routed_model_class, globals())
 
 __all__ = ["ROUTED_MODELS", *(cls.__name__ for models in ROUTED_MODELS.values() for cls in models.values())]

@@ -13,10 +13,9 @@ G heads, so the KV cache holds G heads while training. `hf_gqa.fold` gives the s
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.models.auto import modeling_auto
 
-from .configuration_wgqa_decoder import SUFFIX, WGQA_CONFIGS, wgqa_class_name
+from .configuration_wgqa_decoder import SUFFIX, TAG, WGQA_CONFIGS
+from .family_forms import form_model_classes
 from .weighted_kv import HeadMixer, WeightedKV
 
 
@@ -65,39 +64,14 @@ def _wgqa_model_class(base: type, config_class: type) -> type:
             super()._init_weights(module)
             _init_weighted_kv(self, module)
 
-    WGQAModel.config_class = config_class
-    WGQAModel.__name__ = WGQAModel.__qualname__ = wgqa_class_name(base.__name__)
-    WGQAModel.__module__ = __name__
     WGQAModel.__doc__ = (
         f"[`{base.__name__}`] in the WGQA training form: `self_attn.k_proj`/`v_proj` are [`WeightedKV`] projections."
     )
     return WGQAModel
 
 
-def _stock_class(names: dict, model_type: str) -> type:
-    import transformers
-
-    return getattr(transformers, names[model_type])
-
-
 # model_type of the stock family -> {"AutoModel": class, "AutoModelForCausalLM": class}; each class is also a global
 # of this module, so an `auto_map` entry such as `modeling_wgqa_decoder.LlamaWGQAForCausalLM` resolves.
-WGQA_MODELS: dict[str, dict[str, type]] = {}
-for _model_type, _config_class in WGQA_CONFIGS.items():
-    WGQA_MODELS[_model_type] = {}
-    for _auto, _names in (
-        ("AutoModel", modeling_auto.MODEL_MAPPING_NAMES),
-        ("AutoModelForCausalLM", modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
-    ):
-        _cls = _wgqa_model_class(_stock_class(_names, _model_type), _config_class)
-        _cls.register_for_auto_class(_auto)
-        WGQA_MODELS[_model_type][_auto] = _cls
-        globals()[_cls.__name__] = _cls
-    # Families whose checkpoints on disk are laid out differently from the model in memory (MoE experts) convert on
-    # load and back on save by `model_type`; the training form uses its family's conversion.
-    _mapping = get_checkpoint_conversion_mapping(_model_type)
-    if _mapping:
-        register_checkpoint_conversion_mapping(f"{_model_type}{SUFFIX}", _mapping, overwrite=True)
-del _model_type, _config_class, _auto, _names, _cls, _mapping
+WGQA_MODELS = form_model_classes(WGQA_CONFIGS, TAG, SUFFIX, _wgqa_model_class, globals())
 
 __all__ = ["WGQA_MODELS", *(cls.__name__ for models in WGQA_MODELS.values() for cls in models.values())]
