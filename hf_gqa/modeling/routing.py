@@ -131,6 +131,7 @@ class HeadRouting(nn.Module):
             self.pairs = None
             self.bias_heads = None
         self.out_heads = len(self.pairs) if self.pairs is not None else self.heads
+        self._index_cache: dict = {}  # device -> (query index, key/value index, bias index) of the static modes
         if self.mode == "dgqa":
             # Persistent: saved with the model and by `accelerator.save_state`, so a resumed run continues exactly.
             self.register_buffer("allocation", uniform_counts(self.heads, self.kv_heads).to(device))
@@ -154,11 +155,25 @@ class HeadRouting(nn.Module):
 
     def static_index(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(query head, key/value head) of each attention head, for the static modes."""
-        if self.mode == "pairs":
-            q, kv = zip(*self.pairs, strict=True)
-            return torch.tensor(q, device=device), torch.tensor(kv, device=device)
-        counts = self.allocation if self.mode == "dgqa" else uniform_counts(self.heads, self.kv_heads).to(device)
-        return torch.arange(self.heads, device=device), head_index(counts.to(device), self.heads)
+        if self.mode == "dgqa":  # from the allocation buffer, on its device (no host round trip)
+            return torch.arange(self.heads, device=device), head_index(self.allocation.to(device), self.heads)
+        cached = self._index_cache.get(device)
+        if cached is None:  # fixed for the module's life: built once per device
+            if self.mode == "pairs":
+                q, kv = zip(*self.pairs, strict=True)
+                q, kv = torch.tensor(q), torch.tensor(kv)
+            else:
+                q, kv = torch.arange(self.heads), head_index(uniform_counts(self.heads, self.kv_heads), self.heads)
+            bias = torch.tensor(self.bias_heads) if self.bias_heads is not None else None
+            cached = self._index_cache[device] = tuple(t if t is None else t.to(device) for t in (q, kv, bias))
+        return cached[0], cached[1]
+
+    def bias_index(self, device) -> torch.Tensor | None:
+        """The relative-position-bias head of each attention head (T5, mode `pairs`), or None."""
+        if self.bias_heads is None:
+            return None
+        self.static_index(device)
+        return self._index_cache[device][2]
 
     def dynamic_index(self, key: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         """KDGQA: the key/value head of each query head at each position, (batch, q_len, H)."""
@@ -264,10 +279,7 @@ def routed_attention_forward(
             routing.observe(key, seen)
         query = query.index_select(1, q_index) if routing.mode == "pairs" else query
         key, value = key.index_select(1, kv_index), value.index_select(1, kv_index)
-        bias_heads = None
-        if routing.bias_heads is not None:
-            bias_heads = torch.tensor(routing.bias_heads, device=query.device)
-        bias = _bias(position_bias, seen, bias_heads, query.dtype)
+        bias = _bias(position_bias, seen, routing.bias_index(query.device), query.dtype)
         noisy = routing.mode == "pgqa" and (routing.training or routing.noise_in_eval)
         if not noisy and softcap is None and not kwargs.get("output_attentions"):
             out = torch.nn.functional.scaled_dot_product_attention(
