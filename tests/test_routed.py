@@ -19,7 +19,7 @@ import hf_gqa
 from hf_gqa import GQASpec
 from hf_gqa.conversion.streaming import save_streamed
 from hf_gqa.grouping import regroup_heads
-from hf_gqa.modeling.configuration_routed_decoder import ROUTED_FAMILIES
+from hf_gqa.modeling.configuration_routed import ROUTED_FAMILIES
 from hf_gqa.modeling.routing import HeadRouting, allocate, head_index, routed_attention_forward
 from hf_gqa.stats import routed_attention_parameters
 from hf_gqa.training import DGQAReallocate, TrainingState, run_hooks
@@ -297,9 +297,9 @@ def test_routed_checkpoints_reload_with_the_auto_classes(saved):
     assert config["model_type"] == "llama_routed" and config["gqa_routing"]["self"]["window"] == 5
     code = sorted(p.name for p in saved["llama"][0].glob("*.py"))
     assert code == [
-        "configuration_routed_decoder.py",
+        "configuration_routed.py",
         "family_forms.py",
-        "modeling_routed_decoder.py",
+        "modeling_routed.py",
         "routing.py",
     ]
     assert "routing.py" in {p.name for p in saved["t5"][0].glob("*.py")}
@@ -351,7 +351,7 @@ def test_streamed_conversion_equals_in_memory_bit_for_bit(tmp_path, variant):
 
 
 def test_every_routed_family_converts_and_generates():
-    for family in ROUTED_FAMILIES:
+    for family in (f for f in ROUTED_FAMILIES if f != "vit"):  # ViT: tests/test_vit.py
         model = hf_gqa.convert(make(family), variant="gqkva", groups=2, q_groups=4).eval()
         assert type(model).__name__.endswith("RoutedForCausalLM")
         out = model.generate(input_ids=IDS[:1, :6], max_new_tokens=3, min_new_tokens=3, do_sample=False)

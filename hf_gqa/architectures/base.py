@@ -35,6 +35,7 @@ class Architecture:
     target_model_type: ClassVar[str | None] = None  # None: the source's own model_type (a stock checkpoint)
     attention_kinds: ClassVar[tuple[str, ...]]
     default_attention: ClassVar[tuple[str, ...]]
+    streams: ClassVar[bool] = True  # its safetensors name tensors as the model does, so they convert shard by shard
 
     def attention_blocks(self, config: dict, keys: Iterable[str] | None = None) -> list[AttentionBlock]:
         """The attention blocks of a checkpoint with this config (and, when known, these tensor names)."""

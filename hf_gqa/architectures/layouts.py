@@ -91,6 +91,6 @@ def _gpt2(config: dict, block: AttentionBlock) -> list:
     return slices
 
 
-_LAYOUTS = {"t5": _t5, "native-gqa": _native, "gpt2": _gpt2}
+_LAYOUTS = {"t5": _t5, "native-gqa": _native, "vit": _native, "gpt2": _gpt2}
 
 __all__ = ["HeadSlice", "PerHeadModules", "head_layout"]

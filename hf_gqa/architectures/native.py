@@ -84,15 +84,18 @@ class NativeGQA(Architecture):
     def _kv_heads(config: dict) -> int:
         return config.get("num_key_value_heads") or config["num_attention_heads"]
 
-    @staticmethod
-    def _prefix(config: dict, keys: Iterable[str] | None) -> str:
+    attention_module = "self_attn"  # the attention module's name in each layer
+    base_prefix = "model."  # where a task model (`*ForCausalLM`) keeps its base model's layers
+
+    @classmethod
+    def _prefix(cls, config: dict, keys: Iterable[str] | None) -> str:
         if keys is not None:
             keys = set(keys)
-            for prefix in ("model.", "", "model.language_model.", "language_model.model."):
+            for prefix in (cls.base_prefix, "", "model.language_model.", "language_model.model."):
                 if any(k.startswith(f"{prefix}layers.0.") for k in keys):
                     return prefix
         architectures = config.get("architectures") or ["ForCausalLM"]
-        return "" if all(a.endswith("Model") for a in architectures) else "model."
+        return "" if all(a.endswith("Model") for a in architectures) else cls.base_prefix
 
     @staticmethod
     def _qk_norm(config: dict) -> QKNorm | None:
@@ -106,7 +109,7 @@ class NativeGQA(Architecture):
         norm = self._qk_norm(config)
         blocks = []
         for i in range(config["num_hidden_layers"]):
-            attn = f"{prefix}layers.{i}.self_attn"
+            attn = f"{prefix}layers.{i}.{self.attention_module}"
             if config["model_type"] == "phi3":
                 kv_keys, optional = (f"{attn}.qkv_proj.weight",), (f"{attn}.qkv_proj.bias",)
             else:
@@ -197,19 +200,16 @@ class NativeGQA(Architecture):
     @staticmethod
     def _form_config(target: dict, tag: str, suffix: str, what: str, **fields) -> dict:
         """`target` as hf-gqa's form `tag` of its family (`<family><suffix>`, classes `<Family><tag>...`)."""
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM_NAMES
-
         from ..errors import UnsupportedModelError
-        from ..modeling.family_forms import form_auto_map, form_class_name
+        from ..modeling.family_forms import AUTO_CLASSES, form_auto_map, form_class_name
 
         model_type = target["model_type"]
-        architectures = target.get("architectures") or [CAUSAL_LM_NAMES[model_type]]
-        unknown = [a for a in architectures if not a.endswith(("ForCausalLM", "Model"))]
+        stock = [names[model_type] for names in AUTO_CLASSES.values() if model_type in names]
+        architectures = target.get("architectures") or stock[-1:]
+        unknown = [a for a in architectures if a not in stock]
         if unknown:
-            raise UnsupportedModelError(
-                f"cannot give a {unknown[0]} {what}: hf-gqa has one for *ForCausalLM and *Model only"
-            )
-        modules = {"WGQA": "wgqa_decoder", "Routed": "routed_decoder"}[tag]
+            raise UnsupportedModelError(f"cannot give a {unknown[0]} {what}: hf-gqa has one for {', '.join(stock)}")
+        modules = {"WGQA": "wgqa_decoder", "Routed": "routed"}[tag]
         return dict(
             target,
             model_type=f"{model_type}{suffix}",
@@ -233,7 +233,7 @@ class NativeGQA(Architecture):
 
     def routed_config(self, target: dict, routing: dict[str, dict]) -> dict:
         from ..errors import UnsupportedModelError
-        from ..modeling.configuration_routed_decoder import ROUTED_FAMILIES, SUFFIX, TAG
+        from ..modeling.configuration_routed import ROUTED_FAMILIES, SUFFIX, TAG
 
         if target["model_type"] not in ROUTED_FAMILIES:
             raise UnsupportedModelError(
@@ -291,9 +291,9 @@ class NativeRouted(NativeGQA):
 
     @property
     def source_model_types(self):  # noqa: D401  (a property: the family list lives with the modeling code)
-        from ..modeling.configuration_routed_decoder import ROUTED_FAMILIES, SUFFIX
+        from ..modeling.configuration_routed import ROUTED_FAMILIES, SUFFIX
 
-        return tuple(f"{t}{SUFFIX}" for t in ROUTED_FAMILIES)
+        return tuple(f"{t}{SUFFIX}" for t in ROUTED_FAMILIES if t != "vit")
 
     def reexpress(self, config: dict, keys: Iterable[str] | None = None):
         from ..errors import UnsupportedModelError

@@ -11,6 +11,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForImageClassification,
     AutoModelForSeq2SeqLM,
     AutoModelForTextEncoding,
     AutoTokenizer,
@@ -79,6 +80,8 @@ def _auto_class(config: dict):
     architectures = config.get("architectures") or []
     if architectures and all(a.endswith("EncoderModel") for a in architectures):
         return AutoModelForTextEncoding
+    if any(a.endswith("ForImageClassification") for a in architectures):
+        return AutoModelForImageClassification
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or not config.get(
         "is_encoder_decoder", True
     ):

@@ -37,8 +37,9 @@ def convert_to_folder(
     when needed, model card) into `output`, atomically.
 
     A safetensors checkpoint (local or on the Hub) is converted shard by shard, never loading the model, unless
-    `in_memory` or a `dtype` other than the source's is asked for. GGUF files and `.bin` checkpoints are loaded and
-    converted in memory. Both paths give bit-identical tensors.
+    `in_memory` or a `dtype` other than the source's is asked for. GGUF files, `.bin` checkpoints and families whose
+    tensors are named differently on disk than in memory (ViT) are loaded and converted in memory. Both paths give
+    bit-identical tensors.
     """
     from .. import __version__
     from ..fold import remove_stale_code
@@ -46,11 +47,11 @@ def convert_to_folder(
 
     check_output_dir(output, force=force)
     config = load_config_dict(source)  # one-line errors for a missing or unsupported source, before any weights
-    get_architecture(config)
+    streams = get_architecture(config).streams
     plan_conversion(config, spec, validate_only=True)  # a bad --groups fails here, before any download of weights
     provenance = {"gqa_source": str(source), "hf_gqa_version": __version__}
     location = location or str(output)
-    folder = None if in_memory or (dtype not in (None, "auto")) else safetensors_folder(source)
+    folder = None if in_memory or not streams or (dtype not in (None, "auto")) else safetensors_folder(source)
 
     if folder is not None:
 

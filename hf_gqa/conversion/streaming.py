@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, HfGqaError
 from ..spec import GQASpec
-from .core import ConversionPlan, plan_conversion
+from .core import ConversionPlan, get_architecture, plan_conversion
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -279,6 +279,11 @@ def stream_convert(
     if files is None:
         raise CheckpointError(f"{folder} has no safetensors weights ({WEIGHTS_NAME} or {INDEX_NAME})")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if not get_architecture(config).streams:
+        raise HfGqaError(
+            f"{config.get('model_type')} checkpoints name their tensors differently on disk than in memory: convert "
+            "them in memory (hf-gqa convert does so for this family)"
+        )
     infos = read_headers(files)
     reader = _Reader(infos)  # SimGQA's plan reads weights: the same reader as the conversion
     try:

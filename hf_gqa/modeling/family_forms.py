@@ -4,9 +4,9 @@
 
 Ships with those checkpoints (remote code): imports only `transformers`.
 
-A form of a family is a subclass of each of the family's stock classes (config, `*Model`, `*ForCausalLM`) named with
-the form's tag (`LlamaForCausalLM` -> `LlamaWGQAForCausalLM`), whose `model_type` is the family's plus the form's
-suffix, so it is never loaded as the stock family.
+A form of a family is a subclass of each of the family's stock classes (config, `*Model`, `*ForCausalLM` or
+`*ForImageClassification`) named with the form's tag (`LlamaForCausalLM` -> `LlamaWGQAForCausalLM`), whose `model_type`
+is the family's plus the form's suffix, so it is never loaded as the stock family.
 """
 
 from collections.abc import Callable
@@ -15,10 +15,12 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 from transformers.models.auto import modeling_auto
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-_CLASS_SUFFIXES = ("ForCausalLM", "Model", "Config")
+_CLASS_SUFFIXES = ("ForCausalLM", "ForImageClassification", "Model", "Config")
+# The Auto classes a form is made for, where its family has them (decoders: the first two; ViT: the first and last).
 AUTO_CLASSES = {
     "AutoModel": modeling_auto.MODEL_MAPPING_NAMES,
     "AutoModelForCausalLM": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    "AutoModelForImageClassification": modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
 }
 
 
@@ -42,22 +44,26 @@ def form_auto_map(model_type: str, tag: str, config_module: str, modeling_module
     """The `auto_map` of a checkpoint of the form of the stock `model_type`: every Auto class resolves."""
     auto_map = {"AutoConfig": f"{config_module}.{form_class_name(CONFIG_MAPPING[model_type].__name__, tag)}"}
     for auto, names in AUTO_CLASSES.items():
-        auto_map[auto] = f"{modeling_module}.{form_class_name(names[model_type], tag)}"
+        if model_type in names:
+            auto_map[auto] = f"{modeling_module}.{form_class_name(names[model_type], tag)}"
     return auto_map
 
 
 def form_model_classes(
     configs: dict[str, type], tag: str, suffix: str, make_class: Callable[[type, type], type], module: dict
 ) -> dict[str, dict[str, type]]:
-    """For each stock `model_type` -> form config class: `make_class(stock_class, config_class)` for the family's
-    `*Model` and `*ForCausalLM`, registered for its Auto class and put in `module` (the modeling module's globals, so
-    an `auto_map` entry resolves). Families whose checkpoints convert on load (MoE experts) keep their conversion."""
+    """For each stock `model_type` -> form config class: `make_class(stock_class, config_class)` for each of the
+    family's classes in `AUTO_CLASSES`, registered for its Auto class and put in `module` (the modeling module's
+    globals, so an `auto_map` entry resolves). Families whose checkpoints convert on load (MoE experts) keep their
+    conversion."""
     import transformers
 
     classes: dict[str, dict[str, type]] = {}
     for model_type, config_class in configs.items():
         classes[model_type] = {}
         for auto, names in AUTO_CLASSES.items():
+            if model_type not in names:
+                continue
             cls = make_class(getattr(transformers, names[model_type]), config_class)
             cls.__name__ = cls.__qualname__ = form_class_name(names[model_type], tag)
             cls.__module__ = module["__name__"]

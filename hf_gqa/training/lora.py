@@ -13,7 +13,7 @@ map of peft, so that `LoraConfig()` without `target_modules` works on them as it
 import torch
 
 from ..errors import HfGqaError
-from ..modeling.configuration_routed_decoder import ROUTED_FAMILIES, SUFFIX
+from ..modeling.configuration_routed import ROUTED_FAMILIES, SUFFIX
 from .model import grouped_kv_modules
 
 # hf-gqa model type -> the peft defaults it takes

@@ -1,6 +1,6 @@
 # Copyright 2026 The hf-gqa authors. Licensed under the Apache License, Version 2.0.
-"""Configurations of decoder-only families with routed attention (`model_type="<family>_routed"`): KDGQA, DGQA, PGQA
-and the GQKVA family (see `routing.py`).
+"""Configurations of families with routed attention (`model_type="<family>_routed"`: decoder-only LLMs and ViT):
+KDGQA, DGQA, PGQA and the GQKVA family (see `routing.py`).
 
 Ships with every routed checkpoint (remote code): imports only `transformers`, `huggingface_hub` and sibling files.
 
@@ -33,6 +33,7 @@ ROUTED_FAMILIES = (
     "olmo",
     "helium",
     "smollm3",
+    "vit",  # the architecture both papers experimented on (image classification; no KV cache)
 )
 SUFFIX = "_routed"
 
@@ -47,7 +48,7 @@ def routed_class_name(stock_name: str) -> str:
 
 def routed_auto_map(model_type: str) -> dict[str, str]:
     """The `auto_map` of a routed checkpoint of the stock `model_type`: every Auto class resolves."""
-    return form_auto_map(model_type, TAG, "configuration_routed_decoder", "modeling_routed_decoder")
+    return form_auto_map(model_type, TAG, "configuration_routed", "modeling_routed")
 
 
 def _routed_config_class(model_type: str) -> type:
@@ -55,6 +56,7 @@ def _routed_config_class(model_type: str) -> type:
 
     @strict
     class RoutedConfig(base):
+        num_key_value_heads: int | None = None  # ViT's config has none; the decoder families' keep theirs
         gqa_routing: dict | None = None
 
         def __post_init__(self, **kwargs):
@@ -94,7 +96,7 @@ def _routed_config_class(model_type: str) -> type:
 
 
 # model_type of the stock family -> its routed config class; each class is also a global of this module, so an
-# `auto_map` entry such as `configuration_routed_decoder.LlamaRoutedConfig` resolves.
+# `auto_map` entry such as `configuration_routed.LlamaRoutedConfig` resolves.
 ROUTED_CONFIGS: dict[str, type] = {model_type: _routed_config_class(model_type) for model_type in ROUTED_FAMILIES}
 
 __all__ = [
