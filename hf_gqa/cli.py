@@ -47,7 +47,8 @@ uptraining with the hf_gqa.training.SimGQARegroup(every=N) hook, then `hf-gqa fo
 
 Routed attention (Khan et al., 2024; Javadi et al., 2023) pools K/V (and for GQKVA queries) like GQA and saves a
 model that routes query heads to key/value heads in its own code (t5_gqa, or <family>_routed for Llama, Mistral,
-Qwen2/3, Gemma/Gemma2, Granite, StarCoder2, OLMo, Helium, SmolLM3; `import hf_gqa` or trust_remote_code=True):
+Qwen2/3, Gemma/Gemma2, Granite, StarCoder2, OLMo, Helium, SmolLM3 and ViT; `import hf_gqa` or
+trust_remote_code=True). ViT has no GQA in transformers: every variant gives vit_routed.
   kdgqa  query heads split among the G K/V heads in proportion to min-max scaled key norms, every forward pass
          (per sample and position; --statistic batch: the paper's per-batch statistic while training)
   dgqa   the same from key norms gathered while training, re-allocated every --window steps (--evolution ema
