@@ -229,18 +229,21 @@ def test_config_file_and_overrides(t5_dir, tmp_path, capsys):
 @pytest.mark.parametrize("path", sorted((REPO / "convert").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_conversion_spec_is_valid(path):
     from hf_gqa import GQASpec
-    from hf_gqa.variants.base import Variant  # noqa: F401
+    from hf_gqa.registry import VARIANTS
 
     data = load_convert_config(str(path))
     assert set(data) <= set(CONVERT_KEYS) and data["source"] and data["output"]
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith("# hf-gqa convert --config convert/" + path.name), first_line
-    GQASpec(
+    options = {k: data[k] for k in ("q_groups", "statistic", "window", "ema_alpha", "evolution") if k in data}
+    spec = GQASpec(
         variant=data.get("variant", "gqa"),
         groups=data.get("groups"),
         init=data.get("init", "mean"),
         attention=tuple(data["attention"]) if data.get("attention") else None,
+        **options,
     )
+    VARIANTS[spec.variant]().check_spec(spec)
 
 
 def test_help_and_no_traceback_from_the_console_script(tmp_path):
