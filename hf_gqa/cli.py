@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from .variants.base import ROUTED_OPTIONS
+
 KINDS = ("encoder", "decoder_self", "cross", "self")
 
 EPILOG_CONVERT = """\
@@ -249,12 +251,7 @@ CONVERT_KEYS = (
     "weights_init",
     "similarity",
     "regroup_every",
-    "q_groups",
-    "statistic",
-    "window",
-    "ema_alpha",
-    "evolution",
-    "noise_in_eval",
+    *ROUTED_OPTIONS,
 )
 CONVERT_DEFAULTS = {
     "variant": "gqa",
@@ -324,12 +321,7 @@ def _convert(args) -> int:
         weights_init=o.get("weights_init"),
         similarity=o.get("similarity"),
         regroup_every=o.get("regroup_every"),
-        q_groups=o.get("q_groups"),
-        statistic=o.get("statistic"),
-        window=o.get("window"),
-        ema_alpha=o.get("ema_alpha"),
-        evolution=o.get("evolution"),
-        noise_in_eval=o.get("noise_in_eval"),
+        **{option: o.get(option) for option in ROUTED_OPTIONS},
     )
     report = convert_to_folder(
         o["source"],

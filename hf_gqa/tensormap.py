@@ -24,6 +24,11 @@ class TensorOp:
     fn: Callable[..., torch.Tensor]
 
 
+def keep(tensor: torch.Tensor) -> torch.Tensor:
+    """The identity: an op that keeps an input it also reads (an op's inputs are consumed unless also outputs)."""
+    return tensor
+
+
 def in_place(key: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple[str, TensorOp]:
     """An op that replaces one tensor by `fn(tensor)` under the same name."""
     return key, TensorOp((key,), fn)
@@ -124,4 +129,4 @@ class ComposedMap(TensorMap):
         return self.first.is_identity and self.second.is_identity
 
 
-__all__ = ["ComposedMap", "Get", "TensorMap", "TensorOp", "in_place"]
+__all__ = ["ComposedMap", "Get", "TensorMap", "TensorOp", "in_place", "keep"]

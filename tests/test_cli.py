@@ -230,12 +230,13 @@ def test_config_file_and_overrides(t5_dir, tmp_path, capsys):
 def test_every_shipped_conversion_spec_is_valid(path):
     from hf_gqa import GQASpec
     from hf_gqa.registry import VARIANTS
+    from hf_gqa.variants.base import ROUTED_OPTIONS
 
     data = load_convert_config(str(path))
     assert set(data) <= set(CONVERT_KEYS) and data["source"] and data["output"]
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith("# hf-gqa convert --config convert/" + path.name), first_line
-    options = {k: data[k] for k in ("q_groups", "statistic", "window", "ema_alpha", "evolution") if k in data}
+    options = {k: data[k] for k in ROUTED_OPTIONS if k in data}
     spec = GQASpec(
         variant=data.get("variant", "gqa"),
         groups=data.get("groups"),

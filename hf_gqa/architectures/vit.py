@@ -22,10 +22,6 @@ class ViT(NativeGQA):
         False  # transformers saves ViT under its legacy tensor names (`encoder.layer.{i}.attention.attention...`)
     )
 
-    @staticmethod
-    def _qk_norm(config: dict):
-        return None
-
     def reexpress(self, config: dict, keys: Iterable[str] | None = None):
         if config["model_type"] == "vit_routed":
             from ..errors import UnsupportedModelError

@@ -202,9 +202,9 @@ def convert(
     `variant="kdgqa"`, `"dgqa"`, `"pgqa"`, `"gqkva"`, `"gkva"` or `"mkva"` gives routed attention; their options
     (`q_groups`, `statistic`, `window`, `ema_alpha`, `evolution`, `noise_in_eval`) are `GQASpec`'s.
     """
-    unknown = sorted(
-        set(routed_options) - {"q_groups", "statistic", "window", "ema_alpha", "evolution", "noise_in_eval"}
-    )
+    from ..variants.base import ROUTED_OPTIONS
+
+    unknown = sorted(set(routed_options) - set(ROUTED_OPTIONS))
     if unknown:
         raise HfGqaError(f"unknown conversion option {unknown[0]!r}")
     spec = GQASpec(

@@ -156,11 +156,12 @@ class T5GQAAttention(T5Attention):
         # hf-gqa: eager and sdpa go through grouped-head functions; others (e.g. a registered custom function) are
         # looked up as usual and must handle grouped heads themselves. Routed attention is its own function.
         implementation = self.config._attn_implementation or "eager"
-        attention_interface: Callable = _GQA_ATTENTION_FUNCTIONS.get(implementation) or (
-            ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_gqa_attention_forward)
-        )
         if self.routing is not None:
-            attention_interface = routed_attention_forward
+            attention_interface: Callable = routed_attention_forward
+        else:
+            attention_interface = _GQA_ATTENTION_FUNCTIONS.get(implementation) or (
+                ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_gqa_attention_forward)
+            )
 
         attn_output, attn_weights = attention_interface(
             self,

@@ -264,6 +264,7 @@ def routed_attention_forward(
     scaling = head_dim**-0.5 if scaling is None else scaling
     causal = bool(getattr(module, "is_causal", False)) and q_len > 1
     seen = visibility(attention_mask, batch, q_len, kv_len, causal, query.device)
+    noisy = routing.mode == "pgqa" and (routing.training or routing.noise_in_eval)
 
     if routing.mode == "kdgqa":
         index = routing.dynamic_index(key, seen)  # (b, t, H)
@@ -280,7 +281,6 @@ def routed_attention_forward(
         query = query.index_select(1, q_index) if routing.mode == "pairs" else query
         key, value = key.index_select(1, kv_index), value.index_select(1, kv_index)
         bias = _bias(position_bias, seen, routing.bias_index(query.device), query.dtype)
-        noisy = routing.mode == "pgqa" and (routing.training or routing.noise_in_eval)
         if not noisy and softcap is None and not kwargs.get("output_attentions"):
             out = torch.nn.functional.scaled_dot_product_attention(
                 query, key, value, attn_mask=bias, dropout_p=dropout, scale=scaling
@@ -292,8 +292,8 @@ def routed_attention_forward(
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     probs = torch.softmax((scores + bias).float(), dim=-1).to(query.dtype)
-    if routing.mode == "pgqa" and (routing.training or routing.noise_in_eval):
-        probs = routing.perturb(probs, seen, routing.static_index(query.device)[1])
+    if noisy:
+        probs = routing.perturb(probs, seen, kv_index)
     probs = nn.functional.dropout(probs, p=dropout, training=routing.training)
     if routing.mode == "kdgqa":
         out = sum(

@@ -20,27 +20,14 @@ from ..errors import HfGqaError, InvalidGroupsError
 from ..grouping import regroup_heads, valid_group_counts
 from ..modeling.routing import EVOLUTIONS, STATISTICS, uniform_counts
 from ..registry import register_variant
-from ..tensormap import TensorOp
-from .base import Variant, check_routed_options
-
-DGQA_BUFFERS = ("allocation", "norm_sum", "norm_count", "norm_cache", "cache_filled")
-
-
-def _keep(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
+from ..tensormap import TensorOp, keep
+from .base import Variant
 
 
 class _Routed(Variant):
     """Shared by the routed variants: the config gets `gqa_routing`, one routing spec per converted kind."""
 
     mode: str
-
-    def check_spec(self, spec) -> None:
-        if spec.weights is not None or spec.weights_init is not None:
-            raise HfGqaError(f"--weights and --weights-init apply to wgqa and randwgqa only, not to {self.name!r}")
-        if spec.similarity is not None or spec.regroup_every is not None:
-            raise HfGqaError(f"--similarity and --regroup-every apply to simgqa only, not to {self.name!r}")
-        check_routed_options(self.name, spec)
 
     def routing_spec(self, num_heads: int, kv_heads: int, spec) -> dict:
         raise NotImplementedError
@@ -109,7 +96,7 @@ class DGQA(_KeyRouted):
         ops = architecture.tensor_ops(block, regroup) if current != new else {}
         num_heads, anchor = block.num_heads, block.kv_keys[0]
         if anchor not in ops:
-            ops[anchor] = TensorOp((anchor,), _keep)  # read below: kept (an op's inputs are consumed otherwise)
+            ops[anchor] = TensorOp((anchor,), keep)  # read below: kept (an op's inputs are consumed otherwise)
         # The statistics in the checkpoint's dtype, as `from_pretrained(dtype=...)` would cast them.
         buffers = {
             "allocation": lambda w: uniform_counts(num_heads, new),
@@ -169,9 +156,8 @@ class _Paired(_Routed):
         if not block.q_keys or block.o_key is None:
             raise HfGqaError(f"{self.name} needs separate query and output projections; {architecture.name} has none")
         num_heads, head_dim = block.num_heads, block.head_dim
-        routing = self.routing_spec(num_heads, new, spec)
-        q_heads, pairs = routing["q_heads"], routing["pairs"]
-        _, pair_of = self.pairs(num_heads, q_heads, new)
+        q_heads = self.query_heads(num_heads, spec)
+        pairs, pair_of = self.pairs(num_heads, q_heads, new)
         ops = architecture.tensor_ops(block, regroup) if current != new else {}
 
         def pool_queries(tensor: torch.Tensor) -> torch.Tensor:
@@ -261,4 +247,4 @@ def attention_parameters(routing: dict, hidden: int, head_dim: int) -> int:
     return hidden * head_dim * (routing["q_heads"] + 2 * routing["kv_heads"] + out_heads)
 
 
-__all__ = ["DGQA", "DGQA_BUFFERS", "GKVA", "GQKVA", "KDGQA", "MKVA", "PGQA", "attention_parameters"]
+__all__ = ["DGQA", "GKVA", "GQKVA", "KDGQA", "MKVA", "PGQA", "attention_parameters"]

@@ -18,7 +18,7 @@ from ..errors import CheckpointError, HfGqaError, InvalidGroupsError
 from ..grouping import valid_group_counts
 from ..modeling.weighted_kv import WEIGHT_SHAPES, mixer_shape
 from ..registry import register_variant
-from ..tensormap import TensorOp
+from ..tensormap import TensorOp, keep
 from .base import Variant, check_routed_options
 
 MIXER_SUFFIX = "mixer.weight"
@@ -27,10 +27,6 @@ MIXER_SUFFIX = "mixer.weight"
 def mixer_key(projection_weight_key: str) -> str:
     """`...k_proj.weight` -> `...k_proj.mixer.weight`: where a weighted projection keeps its mixing weights."""
     return projection_weight_key.removesuffix("weight") + MIXER_SUFFIX
-
-
-def _keep(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
 
 
 @register_variant
@@ -116,7 +112,7 @@ class WGQA(Variant):
                 size = mixer_shape(shape, current, block.head_dim, weight.shape[1])
                 return self.initial_weights(size, spec, current, new, _generator(spec.seed, mixer)).to(weight.dtype)
 
-            ops[key] = TensorOp((key,), _keep)  # kept as it is (an op's input is consumed unless also its output)
+            ops[key] = TensorOp((key,), keep)  # kept as it is (an op's input is consumed unless also its output)
             ops[mixer] = TensorOp((key,), make_mixer)
         return ops
 
