@@ -14,7 +14,14 @@ from pathlib import Path
 
 import torch
 
+from .conversion.cards import model_card
+from .conversion.memory import convert_model, load_source
+from .conversion.sizes import kv_cache_bytes_per_token
+from .core.text import format_bytes, print_table
 from .errors import HfGqaError
+from .io.output import check_output_dir, save_converted
+from .io.sources import load_tokenizer
+from .spec import GQASpec
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "Grouped-query attention reduces the memory of the key-value cache because"
@@ -76,11 +83,6 @@ def continuation(model, tokenizer, prompt: str = PROMPT, tokens: int = 20) -> st
 
 def run_demo(groups: int = 1, texts: int = 16, output: str | None = None, force: bool = False) -> dict:
     """Convert SmolLM2 from 3 to `groups` key/value heads; report perplexity, exactness checks and a generation."""
-    from .conversion.api import check_output_dir, convert_model, load_source, load_tokenizer, save_converted
-    from .hub import model_card
-    from .spec import GQASpec
-    from .stats import format_bytes, kv_cache_bytes_per_token
-
     if output:
         check_output_dir(output, force=force)
     gguf = smollm2_gguf()
@@ -134,10 +136,8 @@ def run_demo(groups: int = 1, texts: int = 16, output: str | None = None, force:
         ),
         ("perplexity (ACLSum abstracts)", f"{result['perplexity_before']:.2f}", f"{result['perplexity_after']:.2f}"),
     ]
-    from .cli import _print_table
-
     print(f"\n{result['model']}; {result['text']}\n")
-    _print_table(("", "before", f"after (G={groups})"), rows)
+    print_table(("", "before", f"after (G={groups})"), rows)
     print(
         f"\nexactness: 3 -> 9 heads (MHA) max |logit diff| {result['expand_to_mha_max_logit_diff']:.2e}; "
         f"9 -> 3 again {result['mha_back_to_gqa_max_logit_diff']:.2e}"

@@ -14,8 +14,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from .core.text import format_bytes
 from .errors import HfGqaError
-from .stats import format_bytes
 
 RESULTS = "all_results.json"
 ROUGE = (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L"), ("rougeLsum", "ROUGE-Lsum"))

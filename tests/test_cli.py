@@ -1,5 +1,6 @@
 """`hf-gqa` end to end on saved tiny checkpoints: outputs, printed sizes, Hub ids offline, bad input, push."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -230,7 +231,9 @@ def test_config_file_and_overrides(t5_dir, tmp_path, capsys):
 def test_every_shipped_conversion_spec_is_valid(path):
     from hf_gqa import GQASpec
     from hf_gqa.registry import VARIANTS
-    from hf_gqa.variants.base import ROUTED_OPTIONS
+    from hf_gqa.variants.routed import RoutedOptions
+
+    ROUTED_OPTIONS = [f.name for f in dataclasses.fields(RoutedOptions)]
 
     data = load_convert_config(str(path))
     assert set(data) <= set(CONVERT_KEYS) and data["source"] and data["output"]

@@ -10,8 +10,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoXConfig, GPTNeo
 
 import hf_gqa
 from hf_gqa import GQASpec, plan_conversion
-from hf_gqa.architectures.native import QK_NORMS, NativeGQA
-from hf_gqa.grouping import regroup_heads
+from hf_gqa.core.grouping import regroup_heads
+from hf_gqa.families.decoders import QK_NORMS, NativeGQA
 
 SMALL = dict(
     vocab_size=96,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_gqa.grouping import regroup_heads, valid_group_counts
+from hf_gqa.core.grouping import regroup_heads, valid_group_counts
 
 H, D, IN = 8, 4, 6
 

@@ -12,7 +12,7 @@ from transformers.models.t5.modeling_t5 import T5Attention
 
 import hf_gqa
 from hf_gqa import GQASpec, T5GQAConfig, plan_conversion
-from hf_gqa.grouping import regroup_heads
+from hf_gqa.core.grouping import regroup_heads
 from hf_gqa.modeling import gqa_attention
 from hf_gqa.modeling.modeling_t5_gqa import T5GQAAttention
 

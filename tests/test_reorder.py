@@ -8,10 +8,10 @@ from conftest import batch, make_t5
 from test_decoder_families import logits, make
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hf_gqa.conversion.core import get_architecture
+from hf_gqa.conversion.plan import get_architecture
+from hf_gqa.core.similarity import head_similarity, permute_head_rows, similarity_order
 from hf_gqa.errors import HfGqaError
-from hf_gqa.reorder import reorder_map, similarity_orders
-from hf_gqa.similarity import head_similarity, permute_head_rows, similarity_order
+from hf_gqa.variants.simgqa.reorder import reorder_map, similarity_orders
 
 
 def reordered(model, kinds=None, seed=0):

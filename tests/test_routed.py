@@ -17,11 +17,11 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import hf_gqa
 from hf_gqa import GQASpec
+from hf_gqa.conversion.sizes import routed_attention_parameters
 from hf_gqa.conversion.streaming import save_streamed
-from hf_gqa.grouping import regroup_heads
+from hf_gqa.core.grouping import regroup_heads
 from hf_gqa.modeling.configuration_routed import ROUTED_FAMILIES
 from hf_gqa.modeling.routing import HeadRouting, allocate, head_index, routed_attention_forward
-from hf_gqa.stats import routed_attention_parameters
 from hf_gqa.training import DGQAReallocate, TrainingState, run_hooks
 
 INPUTS = batch()

@@ -12,7 +12,7 @@ from test_decoder_families import IDS, STOCK_LOAD, logits, make
 import hf_gqa
 from hf_gqa import GQASpec
 from hf_gqa.cli import main
-from hf_gqa.conversion.core import get_architecture
+from hf_gqa.conversion.plan import get_architecture
 from hf_gqa.conversion.streaming import save_streamed
 from hf_gqa.training import SimGQARegroup, TrainingState, regroup_heads_, run_hooks
 from hf_gqa.variants.simgqa import SimGQA

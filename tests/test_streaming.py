@@ -11,8 +11,8 @@ from test_decoder_families import make, make_neox
 import hf_gqa
 from hf_gqa import GQASpec
 from hf_gqa.cli import main
-from hf_gqa.conversion import streaming
 from hf_gqa.conversion.streaming import INDEX_NAME, parse_size, save_streamed
+from hf_gqa.io import safetensors as safetensors_io
 
 
 def tensors(folder):
@@ -71,7 +71,7 @@ def test_streamed_equals_in_memory_bit_for_bit(tmp_path, name, init):
 def test_copying_without_copy_file_range_gives_the_same_bytes(tmp_path, monkeypatch):
     make("llama").save_pretrained(tmp_path / "src", max_shard_size="40KB")
     save_streamed(tmp_path / "src", tmp_path / "fast", GQASpec(groups=2), progress=False)
-    monkeypatch.delattr(streaming.os, "copy_file_range", raising=False)
+    monkeypatch.delattr(safetensors_io.os, "copy_file_range", raising=False)
     save_streamed(tmp_path / "src", tmp_path / "slow", GQASpec(groups=2), progress=False)
     for shard in (tmp_path / "fast").glob("*.safetensors"):
         assert shard.read_bytes() == (tmp_path / "slow" / shard.name).read_bytes()
@@ -114,8 +114,8 @@ def test_each_input_shard_is_read_once_in_order_without_a_memory_map(tmp_path, m
             opened.append(str(path))
         return open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(streaming, "open", counting_open, raising=False)
-    monkeypatch.setattr(streaming, "safe_open", None, raising=False)  # no memory-mapped reads
+    monkeypatch.setattr(safetensors_io, "open", counting_open, raising=False)
+    monkeypatch.setattr(safetensors_io, "safe_open", None, raising=False)  # no memory-mapped reads
     save_streamed(tmp_path / "src", tmp_path / "out", GQASpec(groups=2), progress=False)
     shards = {str(p) for p in (tmp_path / "src").glob("*.safetensors")}
     reads = [p for p in opened if p in shards]

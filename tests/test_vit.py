@@ -13,9 +13,9 @@ from transformers import AutoModelForImageClassification, ViTConfig, ViTForImage
 
 import hf_gqa
 from hf_gqa import GQASpec
+from hf_gqa.conversion.sizes import routed_attention_parameters
 from hf_gqa.conversion.streaming import save_streamed
 from hf_gqa.modeling.routing import HeadRouting
-from hf_gqa.stats import routed_attention_parameters
 
 PIXELS = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 VARIANTS = {

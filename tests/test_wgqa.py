@@ -15,11 +15,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import hf_gqa
 from hf_gqa import GQASpec, HeadMixer, WeightedKV
-from hf_gqa.architectures.native import NativeWGQA
+from hf_gqa.conversion.sizes import weighted_kv_parameters
 from hf_gqa.conversion.streaming import save_streamed
+from hf_gqa.families import FORM_MODEL_TYPES
 from hf_gqa.modeling.configuration_wgqa_decoder import WGQA_FAMILIES
 from hf_gqa.modeling.weighted_kv import WEIGHT_SHAPES, mix_weight
-from hf_gqa.stats import weighted_kv_parameters
 
 INPUTS = batch()
 FAMILIES = ("t5", "llama", "qwen2")  # llama with attention_bias=True; qwen2 has k/v biases
@@ -169,7 +169,8 @@ def test_fold_refuses_what_is_not_a_training_form():
 
 
 def test_every_decoder_family_has_a_training_form_that_starts_as_gqa_and_folds_back():
-    assert NativeWGQA.source_model_types == tuple(f"{t}_wgqa" for t in WGQA_FAMILIES)
+    wgqa_form_types = tuple(t for t, (family, form) in FORM_MODEL_TYPES.items() if form == "wgqa")
+    assert wgqa_form_types == tuple(f"{t}_wgqa" for t in WGQA_FAMILIES)
     for family in WGQA_FAMILIES:
         model = make(family)
         wgqa = hf_gqa.convert(model, groups=2, variant="wgqa")

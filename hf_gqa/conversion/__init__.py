@@ -1,14 +1,21 @@
-"""Conversion: the pure planner/converter (`core`) and the entry points over models and folders (`api`)."""
+"""Conversion: the pure planner (`plan`), and the pipelines over it: in memory (`memory`), shard by shard
+(`streaming`) and from a source to a folder (`folder`), with model cards (`cards`) and sizes (`sizes`)."""
 
-from .api import convert, convert_model, load_source, save_converted
-from .core import ConversionPlan, convert_state_dict, plan_conversion
+from .folder import FolderReport, convert_to_folder, fold_to_folder, to_folder
+from .memory import convert, convert_model, fold, load_source
+from .plan import ConversionPlan, convert_state_dict, get_architecture, plan_conversion
 
 __all__ = [
     "ConversionPlan",
+    "FolderReport",
     "convert",
     "convert_model",
     "convert_state_dict",
+    "convert_to_folder",
+    "fold",
+    "fold_to_folder",
+    "get_architecture",
     "load_source",
     "plan_conversion",
-    "save_converted",
+    "to_folder",
 ]

@@ -1,84 +1,152 @@
-"""Convert a source (Hub id, local folder, .gguf file) into an output folder: streamed shard by shard when the source
-is a safetensors checkpoint, in memory otherwise. What `hf-gqa convert` runs."""
+"""One pipeline from a source (Hub id, local folder, .gguf file) to an output folder, for `convert` and `fold`:
+validated before anything is written, streamed shard by shard when the source is a safetensors checkpoint, in
+memory otherwise, and written atomically with the tokenizer, generation config, modeling code and a model card."""
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._version import __version__
+from ..core.options import option
+from ..io.output import atomic_output_dir, check_output_dir, has_tokenizer, save_converted
+from ..io.sources import load_config_dict, load_tokenizer, safetensors_folder
+from ..registry import FORMS, resolve
 from ..spec import GQASpec
-from ..stats import kv_cache_bytes_per_token
-from .api import check_output_dir, convert_model, load_config_dict, load_source, load_tokenizer, save_converted
-from .core import ConversionPlan, get_architecture, plan_conversion
-from .streaming import safetensors_folder, save_streamed
+from ..variants.wgqa.form import remove_stale_code
+from .cards import model_card
+from .memory import convert_model, load_source
+from .plan import ConversionPlan, plan_conversion
+from .sizes import kv_cache_bytes_per_token
+from .streaming import stream_convert
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
-class ConvertReport:
+class FolderOptions:
+    """Where a conversion reads and writes, and how (`hf-gqa convert` flags and `--config` keys besides `GQASpec`)."""
+
+    source: str | None = option(help="Hub model id, local checkpoint folder or .gguf file", type=str, metavar="SRC")
+    output: str | None = option(help="output folder (written atomically)", type=str, short="-o", metavar="OUT")
+    dtype: str = option("auto", help="output dtype (default: auto, the source's)", type=str, choices=DTYPES)
+    max_shard_size: str = option(
+        "5GB", help="largest output weight file, e.g. 5GB (default), 500MB", type=str, metavar="SIZE", also=(int,)
+    )
+    in_memory: bool = option(
+        False,
+        help="load the whole model and convert it in memory instead of streaming safetensors shard by shard",
+        type=bool,
+    )
+    force: bool = option(False, help="replace a non-empty output folder", type=bool)
+    push_to_hub: str | None = option(help="also upload the result to this Hub repo", type=str, metavar="REPO")
+    private: bool = option(False, help="create the Hub repo as private", type=bool)
+
+
+@dataclass(frozen=True)
+class FolderReport:
     plan: ConversionPlan
     output: Path
     streamed: bool  # shard by shard from safetensors, or through a model in memory
-    parameters: tuple[int, int]
+    parameters: tuple[int, int]  # before and after
     kv_cache_bytes: tuple[dict[str, int], dict[str, int]]  # per token, before and after
     has_tokenizer: bool
+    kv_heads: dict[str, tuple[int, int]]  # attention kind -> K/V heads (before, after); fold: (heads combined, G)
+
+    @property
+    def config(self) -> dict:
+        """The output checkpoint's config."""
+        return self.plan.config
 
 
-def convert_to_folder(
+ConvertReport = FoldReport = FolderReport
+
+
+def to_folder(
     source: str | os.PathLike,
     output: str | os.PathLike,
-    spec: GQASpec,
+    spec: GQASpec | None,
     dtype: str | None = None,
     max_shard_size: int | str = "5GB",
     in_memory: bool = False,
     force: bool = False,
     location: str | None = None,
     progress: bool = True,
-) -> ConvertReport:
-    """Convert `source` as `spec` asks and save it (weights, config, tokenizer, generation config, modeling code
-    when needed, model card) into `output`, atomically.
+) -> FolderReport:
+    """Convert `source` as `spec` asks (`spec=None`: fold a WGQA training form) and save it into `output`.
 
     A safetensors checkpoint (local or on the Hub) is converted shard by shard, never loading the model, unless
     `in_memory` or a `dtype` other than the source's is asked for. GGUF files, `.bin` checkpoints and families whose
     tensors are named differently on disk than in memory (ViT) are loaded and converted in memory. Both paths give
     bit-identical tensors.
     """
-    from .. import __version__
-    from ..fold import remove_stale_code
-    from ..hub import model_card
-
     check_output_dir(output, force=force)
     config = load_config_dict(source)  # one-line errors for a missing or unsupported source, before any weights
-    streams = get_architecture(config).streams
-    plan_conversion(config, spec, validate_only=True)  # a bad --groups fails here, before any download of weights
-    provenance = {"gqa_source": str(source), "hf_gqa_version": __version__}
+    family = resolve(config).family
+    if spec is None:
+        FORMS["wgqa"].reexpress(family, config)  # not a training form: one line, before any weights are read
+        provenance = {"hf_gqa_version": __version__}
+        kv_heads = _folded_heads(config)
+    else:
+        plan_conversion(config, spec, validate_only=True)  # a bad --groups fails here, before any weights
+        provenance = {"gqa_source": str(source), "hf_gqa_version": __version__}
     location = location or str(output)
-    folder = None if in_memory or not streams or (dtype not in (None, "auto")) else safetensors_folder(source)
+    streamable = family.streams and not in_memory and dtype in (None, "auto")
+    folder = safetensors_folder(source) if streamable else None
+
+    def card(plan: ConversionPlan, config: dict, parameters: tuple[int, int]) -> str:
+        if spec is None:
+            return model_card(config, kv_heads, parameters, location, folded_from=str(source))
+        return model_card(config, plan.kv_heads, parameters, location, plan.approximate)
 
     if folder is not None:
-
-        def card(result):
-            return model_card(
-                result.plan.config, result.plan.kv_heads, result.parameters, location, result.plan.approximate
-            )
-
-        result = save_streamed(folder, output, spec, provenance, max_shard_size, card, force, progress)
+        with atomic_output_dir(output, force=force) as tmp:
+            result = stream_convert(folder, tmp, spec, provenance, max_shard_size, progress)
+            remove_stale_code(tmp, result.plan.config)  # a training form's code, when the output is stock
+            (tmp / "README.md").write_text(card(result.plan, result.plan.config, result.parameters), "utf-8")
         plan, parameters = result.plan, result.parameters
-        remove_stale_code(output, plan.config)  # a WGQA training form's code, when the output is a stock checkpoint
-        has_tokenizer = any((Path(output) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        kv = (kv_cache_bytes_per_token(config), kv_cache_bytes_per_token(plan.config))
+        tokenizer = has_tokenizer(output)
     else:
         model = load_source(source, dtype=dtype)
-        tokenizer = load_tokenizer(source)
         converted, plan = convert_model(model, spec, dtype=dtype, source=str(source), return_plan=True)
         parameters = (model.num_parameters(), converted.num_parameters())
-        card = model_card(converted.config.to_dict(), plan.kv_heads, parameters, location, plan.approximate)
-        save_converted(converted, output, tokenizer, card, force=force, max_shard_size=max_shard_size)
-        has_tokenizer = tokenizer is not None
+        loaded_tokenizer = load_tokenizer(source)
+        text = card(plan, converted.config.to_dict(), parameters)
+        save_converted(converted, output, loaded_tokenizer, text, force=force, max_shard_size=max_shard_size)
         kv = (
             kv_cache_bytes_per_token(model.config.to_dict(), model.dtype),
             kv_cache_bytes_per_token(plan.config, converted.dtype),
         )
-        return ConvertReport(plan, Path(output), False, parameters, kv, has_tokenizer)
-    kv = (kv_cache_bytes_per_token(config), kv_cache_bytes_per_token(plan.config))
-    return ConvertReport(plan, Path(output), True, parameters, kv, has_tokenizer)
+        tokenizer = loaded_tokenizer is not None
+    kv_heads = kv_heads if spec is None else plan.kv_heads
+    return FolderReport(plan, Path(output), folder is not None, parameters, kv, tokenizer, kv_heads)
 
 
-__all__ = ["ConvertReport", "convert_to_folder"]
+def _folded_heads(config: dict) -> dict[str, tuple[int, int]]:
+    """A training form's weighted attention kinds -> (K/V heads combined, G)."""
+    resolved = resolve(config)
+    blocks = {b.kind: b.kv_heads for b in resolved.family.attention_blocks(resolved.view)}
+    return {kind: (heads, blocks[kind]) for kind, heads in (config.get("gqa_kv_source_heads") or {}).items()}
+
+
+def convert_to_folder(source, output, spec: GQASpec, **kwargs) -> FolderReport:
+    """`to_folder` for a conversion: what `hf-gqa convert` runs."""
+    return to_folder(source, output, spec, **kwargs)
+
+
+def fold_to_folder(source, output, **kwargs) -> FolderReport:
+    """Fold the WGQA training form at `source` (local folder or Hub id) and save the plain GQA checkpoint into
+    `output`: what `hf-gqa fold` runs."""
+    return to_folder(source, output, None, **kwargs)
+
+
+__all__ = [
+    "DTYPES",
+    "FolderOptions",
+    "ConvertReport",
+    "FoldReport",
+    "FolderReport",
+    "convert_to_folder",
+    "fold_to_folder",
+    "to_folder",
+]

@@ -4,6 +4,8 @@ The recipes in `recipes/` are thin scripts over these. Everything but `hooks` ne
 (`pip install 'hf-gqa[recipes]'`: accelerate, datasets, rouge-score, peft); those imports happen on first use.
 """
 
+from ..variants.routed import DGQAReallocate, dgqa_modules
+from ..variants.simgqa import SimGQARegroup, regroup_heads_
 from .checkpoint import HookStates, Progress, list_checkpoints, resolve_resume, save_checkpoint, seed_micro_step
 from .data import (
     DEFAULT_PROMPT_TEMPLATE,
@@ -16,7 +18,6 @@ from .data import (
     tokenize_summarization,
     write_jsonl,
 )
-from .dgqa import DGQAReallocate, dgqa_modules
 from .evaluation import decode_throughput, evaluate_summarization
 from .hooks import HookCallback, TrainingHook, TrainingState, run_hooks
 from .lora import apply_lora, lora_targets, merge_lora, register_peft_defaults
@@ -33,7 +34,6 @@ from .model import (
 )
 from .rouge import ROUGE_KEYS, compute_rouge, rouge_per_example, sentences_per_line, split_sentences
 from .runlog import RunLogger
-from .simgqa import SimGQARegroup, regroup_heads_
 
 __all__ = [
     "DGQAReallocate",

@@ -1,96 +1,34 @@
-"""One small interface for whatever must happen during uptraining (SimGQA regrouping, DGQA windows, ...).
+"""Training hooks: the interface (`hf_gqa.core.hooks`, where the variants' hooks subclass it) and its adapter for
+`transformers.Trainer`."""
 
-A hook is called after each optimizer step with a `TrainingState` that carries the step counter; modules never keep
-a global step of their own. Call `run_hooks(hooks, state, "on_train_begin")` once before the loop (after restoring a
-checkpoint, with the hooks' `load_state_dict`) and `"on_train_end"` after it. The same hook runs in a plain
-Accelerate loop (`run_hooks(hooks, state)` after `optimizer.step()`) and under `transformers.Trainer`
-(`HookCallback(hooks)` in `callbacks=`).
+from transformers import TrainerCallback
 
-    hooks = [SimGQARegroup(every=200)]
-    for step, batch in enumerate(loader, 1):
-        loss = model(**batch).loss
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-        run_hooks(hooks, TrainingState(model=accelerator.unwrap_model(model), step=step, optimizer=optimizer))
-"""
-
-from dataclasses import dataclass
-from typing import Any
+from ..core.hooks import TrainingHook, TrainingState, run_hooks
 
 
-@dataclass
-class TrainingState:
-    """What a hook may read or change after an optimizer step."""
-
-    model: Any  # the unwrapped model
-    step: int  # optimizer steps completed (1 after the first)
-    optimizer: Any = None  # present when the hook must keep its state consistent (e.g. after permuting parameters)
-    max_steps: int | None = None
-
-
-class TrainingHook:
-    """Base hook. Subclasses override `on_step_end` (and `on_train_begin` to restore what lives outside the model's
-    weights after a resume, `on_train_end` if they finish something)."""
-
-    def on_train_begin(self, state: TrainingState) -> None:
-        pass
-
-    def on_step_end(self, state: TrainingState) -> None:
-        pass
-
-    def on_train_end(self, state: TrainingState) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        """What a resumed run needs to continue exactly (saved next to the checkpoint)."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-def run_hooks(hooks, state: TrainingState, event: str = "on_step_end") -> None:
-    """Call `event` on every hook, in order."""
-    for hook in hooks:
-        getattr(hook, event)(state)
-
-
-def _trainer_callback_base():
-    try:
-        from transformers import TrainerCallback
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return object
-    return TrainerCallback
-
-
-class HookCallback(_trainer_callback_base()):
+class HookCallback(TrainerCallback):
     """Run training hooks from `transformers.Trainer`: `Trainer(..., callbacks=[HookCallback(hooks)])`."""
 
     def __init__(self, hooks):
         self.hooks = list(hooks)
 
-    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+    def _run(self, event: str, state, model, optimizer) -> None:
         run_hooks(
             self.hooks,
             TrainingState(model=model, step=state.global_step, optimizer=optimizer, max_steps=state.max_steps),
-            "on_train_begin",
+            event,
         )
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._run("on_train_begin", state, model, optimizer)
         return control
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
-        run_hooks(
-            self.hooks,
-            TrainingState(model=model, step=state.global_step, optimizer=optimizer, max_steps=state.max_steps),
-        )
+        self._run("on_step_end", state, model, optimizer)
         return control
 
     def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
-        run_hooks(
-            self.hooks,
-            TrainingState(model=model, step=state.global_step, optimizer=optimizer, max_steps=state.max_steps),
-            "on_train_end",
-        )
+        self._run("on_train_end", state, model, optimizer)
         return control
 
 

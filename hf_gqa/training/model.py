@@ -11,10 +11,14 @@ regrouping) plug in through three points, none of which the recipe needs to know
 import ast
 import importlib
 import re
-import sys
 
+from ..conversion.memory import convert, load_source
+from ..conversion.memory import fold as fold_training_form
+from ..conversion.sizes import kv_cache_bytes_per_token
+from ..core.hooks import TrainingHook
 from ..errors import HfGqaError
-from .hooks import TrainingHook
+from ..registry import required_hooks, resolve
+from ..variants.wgqa import is_training_form
 
 
 def load_for_uptraining(
@@ -30,10 +34,8 @@ def load_for_uptraining(
     """The model to uptrain: `model_name_or_path` as it is (a converted checkpoint, or a model to fine-tune), or,
     with `convert_variant`, that source converted in memory (`hf_gqa.convert`), in training mode.
     `variant_options` that are not None go to `hf_gqa.convert` too (e.g. WGQA's `weights`, `weights_init`)."""
-    import hf_gqa
-
     if convert_variant:
-        model = hf_gqa.convert(
+        model = convert(
             model_name_or_path,
             groups=groups,
             variant=convert_variant,
@@ -46,7 +48,7 @@ def load_for_uptraining(
     else:
         if groups is not None or any(v is not None for v in variant_options.values()):
             raise HfGqaError("conversion options need --convert-variant (the model is otherwise used as it is)")
-        model = hf_gqa.load_source(model_name_or_path, dtype=dtype)
+        model = load_source(model_name_or_path, dtype=dtype)
         _forget_gguf_quantization(model)
     return model.train()
 
@@ -78,18 +80,8 @@ def freeze_relative_attention_bias(model) -> int:
 
 def fold(model):
     """The inference form of a trained model: `hf_gqa.fold(model)` for a training form (WGQA's weighted K/V), the
-    model itself otherwise, and always the model itself where hf-gqa has no `fold`."""
-    import hf_gqa
-
-    folder = getattr(hf_gqa, "fold", None)
-    if not callable(folder):
-        return model
-    module = sys.modules.get("hf_gqa.fold")
-    is_training_form = getattr(module, "is_training_form", None)
-    if is_training_form is not None and not is_training_form(model.config):
-        return model
-    folded = folder(model)
-    return model if folded is None else folded
+    model itself otherwise."""
+    return fold_training_form(model) if is_training_form(model.config) else model
 
 
 _HOOK = re.compile(r"^\s*(?:(?P<module>[A-Za-z_][\w.]*):)?(?P<name>[A-Za-z_]\w*)\s*(?:\((?P<args>.*)\))?\s*$", re.S)
@@ -143,34 +135,31 @@ def build_hooks(specs: list[str] | None) -> list[TrainingHook]:
 
 def default_hooks(model, hooks: list[TrainingHook]) -> list[TrainingHook]:
     """Hooks a model needs that `hooks` lacks: `DGQAReallocate` for a DGQA model."""
-    from .dgqa import DGQAReallocate, dgqa_modules
-
-    if dgqa_modules(model) and not any(isinstance(h, DGQAReallocate) for h in hooks):
-        return [DGQAReallocate()]
-    return []
+    return required_hooks(model, hooks)
 
 
 def grouped_kv_modules(model) -> list[str]:
     """Names of the modules holding the converted (grouped) keys and values, e.g. T5's
     `decoder.block.0.layer.0.SelfAttention.k`; for fused layouts (GPT-2's `c_attn`) the fused projection."""
-    from ..conversion.core import get_architecture
-
     config = model.config.to_dict()
     try:
-        architecture = get_architecture(config)
+        resolved = resolve(config)
     except HfGqaError:
         return []
-    kinds = set(config.get("gqa_attention") or architecture.default_attention)
+    family, view = resolved.family, resolved.view
+    kinds = set(config.get("gqa_attention") or family.default_attention)
     keys = list(model.state_dict().keys())
     modules = dict(model.named_modules())
     names = []
-    for block in architecture.attention_blocks(config, keys=keys):
+    for block in family.attention_blocks(view, keys=keys):
         if block.kind not in kinds:
             continue
-        keys = block.kv_keys + block.optional_kv_keys
-        if ((config.get("gqa_routing") or {}).get(block.kind) or {}).get("mode") == "pairs":
-            keys += block.q_keys + ((block.o_key,) if block.o_key else ())  # GQKVA: pooled queries, new outputs
-        for key in keys:
+        full = (
+            resolved.form.full_training_keys(block, config)
+            if resolved.form
+            else block.kv_keys + block.optional_kv_keys
+        )
+        for key in full:
             name = key.rsplit(".", 1)[0]
             if name in modules and name not in names:
                 names.append(name)
@@ -179,18 +168,15 @@ def grouped_kv_modules(model) -> list[str]:
 
 def describe_model(model) -> dict:
     """What a report needs: variant, heads, parameters and KV-cache bytes per token of a (final) model."""
-    from ..conversion.core import get_architecture
-    from ..stats import kv_cache_bytes_per_token
-
     config = model.config.to_dict()
     info = {"model_type": config.get("model_type"), "parameters": int(model.num_parameters())}
     info["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     try:
-        architecture = get_architecture(config)
+        resolved = resolve(config)
     except HfGqaError:
         return info
-    blocks = architecture.attention_blocks(config)
-    info["num_heads"] = architecture.num_heads(config)
+    blocks = resolved.family.attention_blocks(resolved.view)
+    info["num_heads"] = resolved.family.num_heads(resolved.view)
     info["kv_heads"] = {b.kind: b.kv_heads for b in blocks}
     info["kv_cache_bytes_per_token"] = kv_cache_bytes_per_token(config, next(model.parameters()).dtype)
     info["variant"] = config.get("gqa_variant")

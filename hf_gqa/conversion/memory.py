@@ -1,0 +1,117 @@
+"""Conversion in memory: load a source, convert a model, fold a training form. What `hf_gqa.convert` runs."""
+
+import contextlib
+import inspect
+import os
+
+from transformers import AutoConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from .._version import __version__
+from ..errors import HfGqaError
+from ..io.auto import model_class
+from ..io.sources import load_config_dict, load_model, resolve_dtype
+from ..spec import OPTIONS, GQASpec
+from ..variants.wgqa import is_training_form
+from .plan import ConversionPlan, get_architecture, plan_conversion
+
+
+def load_source(source: str | os.PathLike, dtype=None) -> PreTrainedModel:
+    """Load a supported checkpoint (local folder, Hub id or .gguf file) as a model, refusing unsupported or broken
+    ones (an unsupported `model_type` before any weights are read)."""
+    config = load_config_dict(source)
+    get_architecture(config)
+    return load_model(source, config, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    # from_pretrained(None, state_dict=...) rebuilds an in-memory model: its "Loading weights" bar means nothing.
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def convert_model(
+    model: PreTrainedModel, spec: GQASpec | None, dtype=None, source: str | None = None, return_plan: bool = False
+):
+    """Convert a model in memory. The result is built through `from_pretrained` (never `load_state_dict`, which
+    would re-tie T5's untied `lm_head`), with the source's generation config. With `return_plan=True`, returns
+    `(model, plan)` so callers can report what changed without planning again. `spec=None` only re-expresses the
+    model (e.g. folds a WGQA training form, see `hf_gqa.fold`), keeping its provenance."""
+    source = source or getattr(model.config, "_name_or_path", None) or None
+    config_dict = model.config.to_dict()
+    config_dict["architectures"] = [type(model).__name__]  # what is in memory, whatever the config says
+    quantization = config_dict.pop("quantization_config", None)
+    if quantization and dict(quantization).get("quant_method") != "gguf":  # GGUF weights arrive dequantised
+        raise HfGqaError(
+            f"cannot convert a {dict(quantization).get('quant_method')}-quantized model; load it unquantized"
+        )
+    state_dict = model.state_dict()
+    provenance = {"hf_gqa_version": __version__}
+    if spec is not None:
+        provenance = {"gqa_source": source, **provenance}
+    plan: ConversionPlan = plan_conversion(
+        config_dict, spec, provenance, keys=state_dict.keys(), get=state_dict.__getitem__
+    )
+    state_dict = plan.convert_state_dict(state_dict)
+    config = AutoConfig.for_model(**plan.config)
+    with _quiet_loading():
+        converted = model_class(plan.config["architectures"][0]).from_pretrained(
+            None, config=config, state_dict=state_dict, dtype=resolve_dtype(dtype) or model.dtype
+        )
+    if getattr(model, "generation_config", None) is not None and converted.can_generate():
+        converted.generation_config = model.generation_config
+    converted.eval()
+    return (converted, plan) if return_plan else converted
+
+
+def spec_from_options(options: dict) -> GQASpec:
+    """A `GQASpec` from keyword options (`hf_gqa.convert`'s), refusing unknown ones by name."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise HfGqaError(f"unknown conversion option {unknown[0]!r}")
+    return GQASpec(**{k: v for k, v in options.items() if v is not None or k not in ("variant", "init", "seed")})
+
+
+def convert(model_or_path: PreTrainedModel | str | os.PathLike, dtype=None, **options) -> PreTrainedModel:
+    """Convert a model, a local folder or a Hub id to grouped-query attention and return the converted model.
+
+    Example: `hf_gqa.convert("google-t5/t5-small", groups=4)` gives a `T5GQAForConditionalGeneration` whose decoder
+    self- and cross-attention have 4 key/value heads, each the mean of 2 of the original 8. The keyword options are
+    `GQASpec`'s (`variant`, `groups`, `init`, `attention`, `seed` and each variant's own, e.g. WGQA's `weights`);
+    `hf-gqa convert --help` explains each. `variant="wgqa"` gives the WGQA training form (fold it with `hf_gqa.fold`
+    after uptraining); the routed variants give routed attention.
+    """
+    spec = spec_from_options(options)
+    if isinstance(model_or_path, PreTrainedModel):
+        return convert_model(model_or_path, spec, dtype=dtype)
+    model = load_source(model_or_path, dtype=dtype)
+    return convert_model(model, spec, dtype=dtype, source=str(model_or_path))
+
+
+# `inspect.signature(hf_gqa.convert)` (and IDEs) show every option with its default.
+convert.__signature__ = inspect.Signature(
+    [
+        inspect.Parameter("model_or_path", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("dtype", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+        *(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default) for o in OPTIONS.values()),
+    ]
+)
+
+
+def fold(model, dtype=None):
+    """The plain GQA model a WGQA training-form `model` computes: `t5_gqa` for T5, the stock family (e.g. a
+    `LlamaForCausalLM` with `num_key_value_heads=G`) for decoders. Its logits equal the training form's."""
+    if hasattr(model, "merge_and_unload"):  # a PEFT model: its adapters and trained mixer copies live outside
+        raise HfGqaError("fold the merged model: call model.merge_and_unload() first")
+    if not is_training_form(model.config):
+        raise HfGqaError(f"{type(model).__name__} is not a WGQA training form: there is nothing to fold")
+    return convert_model(model, None, dtype=dtype)
+
+
+__all__ = ["convert", "convert_model", "fold", "load_source", "spec_from_options"]
