@@ -7,6 +7,7 @@ ROUGE-1, ROUGE-2, ROUGE-L, ROUGE-Lsum and decode tokens/s. Writes `report.md`, `
 against KV-cache size, `rouge_vs_kv_cache.png`, into `--output-dir`, and prints the markdown table.
 """
 
+import argparse
 import csv
 import json
 import math
@@ -314,8 +315,6 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hf_gqa.report RUNS...`, the same as `hf-gqa report`."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="hf-gqa")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["report", *(sys.argv[1:] if argv is None else argv)])

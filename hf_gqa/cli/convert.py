@@ -1,5 +1,6 @@
 """`hf-gqa convert`."""
 
+import argparse
 import sys
 
 from ..conversion.folder import FolderOptions, convert_to_folder
@@ -40,8 +41,6 @@ convert shard by shard; GGUF, .bin and --dtype changes go through memory. The RE
 
 
 def add_parser(sub) -> None:
-    import argparse
-
     parser = sub.add_parser(
         "convert",
         help="convert a checkpoint (Hub id or local folder) to GQA/MQA",

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 
 from ..core.tensormap import TensorMap, TensorOp, in_place
+from ..errors import UnsupportedModelError
 
 Regroup = Callable[[str, torch.Tensor], torch.Tensor]  # (key, K/V-head rows) -> the rows regrouped
 
@@ -102,8 +103,6 @@ class Family:
     def form_config(self, target: dict, form: str, **fields) -> dict:
         """`target` (a converted config) as hf-gqa's `form` of this family, carrying `fields`; a family without that
         form refuses by name."""
-        from ..errors import UnsupportedModelError
-
         raise UnsupportedModelError(self.form_refusal(target, form))
 
     def form_refusal(self, target: dict, form: str) -> str:

@@ -4,6 +4,7 @@ throughput. Works on one process or many (results are gathered with `accelerator
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from .rouge import compute_rouge
 
@@ -40,8 +41,6 @@ def evaluate_summarization(
     `gen_len` (mean generated tokens) and `samples`; predictions one `{"index", "prediction", "reference"}` per
     example. `references[i]` is the reference summary of example `i`, as text (not re-decoded from truncated ids).
     """
-    from tqdm.auto import tqdm
-
     unwrapped = accelerator.unwrap_model(model)
     is_encoder_decoder = unwrapped.config.is_encoder_decoder
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -8,96 +8,31 @@ hooks' states are part of the checkpoint.
 
 import dataclasses
 import json
-import math
-import shutil
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from .._version import __version__
 from ..core.hooks import TrainingState, run_hooks
-from ..errors import HfGqaError
-from ..io.sources import load_tokenizer
-from .arguments import UptrainArguments, check_args, conversion_options
+from .arguments import UptrainArguments, check_args
 from .checkpoint import HookStates, Progress, resolve_resume, save_checkpoint, seed_micro_step
 from .data import (
-    ResumableSampler,
-    SummarizationCollator,
-    load_summarization_splits,
-    tokenize_summarization,
     write_jsonl,
 )
 from .evaluation import decode_throughput, evaluate_summarization
-from .lora import apply_lora, merge_lora
+from .lora import merge_lora
 from .model import (
-    build_hooks,
-    default_hooks,
     describe_model,
     fold,
-    freeze_relative_attention_bias,
-    load_for_uptraining,
     trainable_parameters,
 )
+from .run import Loop, Run, build_run, check_output_dir, new_window, prepare_output_dir
 from .runlog import RunLogger
-
-
-@dataclass
-class _Data:
-    """The tokenised splits and their loaders."""
-
-    train_dataset: Any
-    eval_dataset: Any
-    references: list[str]
-    collator: SummarizationCollator
-    sampler: ResumableSampler
-    train_loader: DataLoader
-    eval_loader: DataLoader
-
-
-@dataclass
-class _Run:
-    """What a run holds once built (see `train`)."""
-
-    args: UptrainArguments
-    accelerator: Accelerator
-    output_dir: Path
-    model: Any
-    tokenizer: Any
-    is_encoder_decoder: bool
-    hooks: list
-    data: _Data
-    optimizer: Any
-    scheduler: Any
-    steps_per_epoch: int
-    max_train_steps: int
-    num_epochs: int
-    progress: Progress | None = None
-    logger: RunLogger | None = None
-    resolved: dict = field(default_factory=dict)
-    generation_kwargs: dict = field(default_factory=dict)
-
-
-def _new_window() -> dict:
-    return {"time": time.perf_counter(), "tokens": 0.0, "samples": 0, "steps": 0}
-
-
-@dataclass
-class _Loop:
-    """The training loop's running sums: the current optimizer step's loss and the logging window's throughput."""
-
-    step_loss: torch.Tensor
-    bar: Any
-    step_micro: int = 0
-    window: dict = field(default_factory=_new_window)
 
 
 def train(args: UptrainArguments) -> dict:
@@ -107,10 +42,10 @@ def train(args: UptrainArguments) -> dict:
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision
     )
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    output_dir = _check_output_dir(args, resume is not None)
+    output_dir = check_output_dir(args, resume is not None)
     set_seed(args.seed)
-    run = _build_run(args, accelerator, output_dir)
-    _prepare_output_dir(output_dir, args, accelerator, resume is not None)
+    run = build_run(args, accelerator, output_dir)
+    prepare_output_dir(output_dir, args, accelerator, resume is not None)
     _start(run, resume)
     start = time.perf_counter()
     _train_steps(run)
@@ -127,154 +62,7 @@ def train(args: UptrainArguments) -> dict:
 # --- building the run ---------------------------------------------------------------------------------------------
 
 
-def _check_output_dir(args: UptrainArguments, resuming: bool) -> Path:
-    """Refuse a non-empty output folder unless the run resumes there or may overwrite it (nothing written yet)."""
-    output_dir = Path(args.output_dir)
-    busy = output_dir.is_dir() and any(output_dir.iterdir())
-    if busy and not resuming and args.resume_from_checkpoint != "latest" and not args.overwrite_output_dir:
-        raise HfGqaError(
-            f"output folder {str(output_dir)!r} is not empty; pass --resume-from-checkpoint latest to continue "
-            "the run there, or --overwrite-output-dir to start afresh"
-        )
-    return output_dir
-
-
-def _prepare_output_dir(output_dir: Path, args: UptrainArguments, accelerator: Accelerator, resuming: bool) -> None:
-    if accelerator.is_main_process:
-        if args.overwrite_output_dir and not resuming:  # stale checkpoints must not be resumed from later
-            shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
-        output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-
-
-def _build_run(args: UptrainArguments, accelerator: Accelerator, output_dir: Path) -> _Run:
-    """Model, hooks, data, optimizer and schedule, prepared by Accelerate. A resumed run rebuilds the same run and
-    then loads the checkpoint's state (`_start`)."""
-    model, tokenizer, is_encoder_decoder = _build_model(args)
-    hooks = build_hooks(args.hooks)
-    hooks += default_hooks(model, hooks)  # e.g. DGQA's re-allocation, which a DGQA model needs
-    data = _build_data(args, accelerator, tokenizer, is_encoder_decoder)
-    optimizer = _build_optimizer(args, model)
-    model, optimizer, data.train_loader, data.eval_loader = accelerator.prepare(
-        model, optimizer, data.train_loader, data.eval_loader
-    )
-    steps_per_epoch, max_train_steps, num_epochs = _plan_steps(args, len(data.train_loader))
-    scheduler = _build_scheduler(args, accelerator, optimizer, max_train_steps)
-    return _Run(
-        args=args,
-        accelerator=accelerator,
-        output_dir=output_dir,
-        model=model,
-        tokenizer=tokenizer,
-        is_encoder_decoder=is_encoder_decoder,
-        hooks=hooks,
-        data=data,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        steps_per_epoch=steps_per_epoch,
-        max_train_steps=max_train_steps,
-        num_epochs=num_epochs,
-    )
-
-
-def _build_model(args: UptrainArguments) -> tuple[Any, Any, bool]:
-    """The model to train (converted, frozen where asked, with LoRA), its tokenizer, and whether it is an
-    encoder-decoder."""
-    options = conversion_options(args)
-    model = load_for_uptraining(args.model_name_or_path, convert_variant=options.pop("variant", None), **options)
-    tokenizer = load_tokenizer(args.tokenizer_name or args.model_name_or_path)
-    if tokenizer is None:
-        raise HfGqaError(
-            f"no tokenizer found at {args.tokenizer_name or args.model_name_or_path!r}; give --tokenizer-name"
-        )
-    is_encoder_decoder = bool(model.config.is_encoder_decoder)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if is_encoder_decoder and model.config.model_type.startswith("t5") and not args.source_prefix:
-        print("warning: T5 checkpoints expect --source-prefix 'summarize: '", file=sys.stderr)
-    if args.freeze_relative_attention_bias:
-        freeze_relative_attention_bias(model)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if args.lora_r:
-        model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
-    return model, tokenizer, is_encoder_decoder
-
-
-def _build_data(args: UptrainArguments, accelerator: Accelerator, tokenizer, is_encoder_decoder: bool) -> _Data:
-    """The splits, tokenised once (the main process first, so the others read its cache), and their loaders."""
-    with accelerator.main_process_first():
-        splits = load_summarization_splits(
-            dataset_name=args.dataset_name,
-            dataset_config_name=args.dataset_config_name,
-            train_file=args.train_file,
-            validation_file=args.validation_file,
-            text_column=args.text_column,
-            summary_column=args.summary_column,
-            train_split=args.train_split,
-            eval_split=args.eval_split,
-            max_train_samples=args.max_train_samples,
-            max_eval_samples=args.max_eval_samples,
-            cache_dir=args.cache_dir,
-        )
-        common = dict(
-            tokenizer=tokenizer,
-            is_encoder_decoder=is_encoder_decoder,
-            max_source_length=args.max_source_length,
-            max_target_length=args.max_target_length,
-            source_prefix=args.source_prefix,
-            prompt_template=args.prompt_template,
-            num_proc=args.preprocessing_num_workers,
-        )
-        train_dataset = tokenize_summarization(splits["train"], desc="tokenizing train", **common)
-        eval_dataset = tokenize_summarization(splits["eval"], with_index=True, desc="tokenizing eval", **common)
-    references = list(splits["eval"]["summary"])
-    collator = SummarizationCollator(
-        tokenizer.pad_token_id, pad_to_multiple_of=8 if accelerator.mixed_precision != "no" else None
-    )
-    sampler = ResumableSampler(len(train_dataset), seed=args.seed)
-    train_loader = DataLoader(
-        train_dataset, batch_size=args.per_device_train_batch_size, sampler=sampler, collate_fn=collator
-    )
-    eval_loader = DataLoader(eval_dataset, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
-    return _Data(train_dataset, eval_dataset, references, collator, sampler, train_loader, eval_loader)
-
-
-def _build_optimizer(args: UptrainArguments, model) -> torch.optim.AdamW:
-    """AdamW over what trains (LoRA, frozen bias); no weight decay on biases and norms."""
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.learning_rate,
-    )
-
-
-def _plan_steps(args: UptrainArguments, batches_per_epoch: int) -> tuple[int, int, int]:
-    """(steps per epoch, optimizer steps, epochs), from the prepared loader's length (per process)."""
-    steps_per_epoch = max(math.ceil(batches_per_epoch / args.gradient_accumulation_steps), 1)
-    budget = args.step_budget or math.ceil(args.num_train_epochs * steps_per_epoch)
-    max_train_steps = args.max_train_steps if args.max_train_steps is not None else round(args.alpha * budget)
-    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
-    return steps_per_epoch, max_train_steps, num_epochs
-
-
-def _build_scheduler(args: UptrainArguments, accelerator: Accelerator, optimizer, max_train_steps: int):
-    scheduler = get_scheduler(
-        args.lr_scheduler_type,
-        optimizer=optimizer.optimizer,
-        num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
-        num_training_steps=max(max_train_steps, 1) * accelerator.num_processes,
-    )
-    return accelerator.prepare(scheduler)
-
-
-# --- starting: resume, hooks, logs ----------------------------------------------------------------------------------
-
-
-def _start(run: _Run, resume: Path | None) -> None:
+def _start(run: Run, resume: Path | None) -> None:
     """Load the checkpoint to resume from, start the hooks and the log, and describe the run."""
     accelerator = run.accelerator
     run.progress = Progress()
@@ -298,7 +86,7 @@ def _start(run: _Run, resume: Path | None) -> None:
     }
 
 
-def _describe_run(run: _Run) -> dict:
+def _describe_run(run: Run) -> dict:
     """The settings resolved at run time, written with the options to `run_args.json`, and printed."""
     args, accelerator = run.args, run.accelerator
     trainable, total = trainable_parameters(accelerator.unwrap_model(run.model))
@@ -327,7 +115,7 @@ def _describe_run(run: _Run) -> dict:
     return resolved
 
 
-def _hook_state(run: _Run) -> TrainingState:
+def _hook_state(run: Run) -> TrainingState:
     return TrainingState(
         model=run.accelerator.unwrap_model(run.model),
         step=run.progress.step,
@@ -339,10 +127,10 @@ def _hook_state(run: _Run) -> TrainingState:
 # --- training -------------------------------------------------------------------------------------------------------
 
 
-def _train_steps(run: _Run) -> None:
+def _train_steps(run: Run) -> None:
     """Train to `max_train_steps`, from where a resumed run stopped (its epoch, and its place in that epoch)."""
     args, accelerator, progress = run.args, run.accelerator, run.progress
-    loop = _Loop(
+    loop = Loop(
         step_loss=torch.zeros((), device=accelerator.device),
         bar=tqdm(total=run.max_train_steps, initial=progress.step, disable=not accelerator.is_local_main_process),
     )
@@ -365,7 +153,7 @@ def _train_steps(run: _Run) -> None:
     run_hooks(run.hooks, _hook_state(run), "on_train_end")
 
 
-def _micro_step(run: _Run, loop: _Loop, batch: dict) -> None:
+def _micro_step(run: Run, loop: Loop, batch: dict) -> None:
     """Forward and backward on one micro-batch; the optimizer steps when the accumulation is complete."""
     args, accelerator, model = run.args, run.accelerator, run.model
     seed_micro_step(args.seed, run.progress.micro_step, accelerator.process_index)
@@ -389,7 +177,7 @@ def _tokens(batch: dict, is_encoder_decoder: bool) -> torch.Tensor:
     return tokens + (batch["labels"] != -100).sum() if is_encoder_decoder else tokens
 
 
-def _optimizer_step_done(run: _Run, loop: _Loop) -> None:
+def _optimizer_step_done(run: Run, loop: Loop) -> None:
     """After one optimizer step: its mean loss, the hooks, and the log, evaluation and checkpoint when due."""
     args, accelerator, progress = run.args, run.accelerator, run.progress
     progress.step += 1
@@ -411,7 +199,7 @@ def _optimizer_step_done(run: _Run, loop: _Loop) -> None:
         save_checkpoint(accelerator, run.output_dir, progress.step, args.checkpoints_total_limit)
 
 
-def _log_train(run: _Run, loop: _Loop) -> None:
+def _log_train(run: Run, loop: Loop) -> None:
     """Log the mean loss since the last record and the window's throughput, then open a new window."""
     accelerator, progress, window = run.accelerator, run.progress, loop.window
     elapsed = max(time.perf_counter() - window["time"], 1e-9)
@@ -427,13 +215,13 @@ def _log_train(run: _Run, loop: _Loop) -> None:
     run.logger.log("train", progress.step, **record)
     loop.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:,.0f}")
     progress.loss_sum, progress.loss_steps = 0.0, 0
-    loop.window = _new_window()
+    loop.window = new_window()
 
 
 # --- evaluation and results -----------------------------------------------------------------------------------------
 
 
-def _evaluate(run: _Run, eval_model) -> tuple[dict, list[dict]]:
+def _evaluate(run: Run, eval_model) -> tuple[dict, list[dict]]:
     """Loss, generated summaries and ROUGE on the eval split, as `eval_*` metrics, and the predictions."""
     metrics, predictions = evaluate_summarization(
         eval_model,
@@ -453,7 +241,7 @@ def _metrics_line(step: int, metrics: dict) -> str:
     return f"step {step}: " + ", ".join(f"{n.removeprefix('eval_')} {metrics[n]:.2f}" for n in names if n in metrics)
 
 
-def _final_evaluation(run: _Run, train_runtime: float) -> tuple[dict, Any, list[dict]]:
+def _final_evaluation(run: Run, train_runtime: float) -> tuple[dict, Any, list[dict]]:
     """Score the model in its inference form (LoRA merged, training-form variants folded): it is what gets saved.
     Returns the results, that model and its predictions."""
     accelerator, progress = run.accelerator, run.progress
@@ -470,7 +258,7 @@ def _final_evaluation(run: _Run, train_runtime: float) -> tuple[dict, Any, list[
     return results, final, predictions
 
 
-def _decode_benchmark(run: _Run, final) -> dict:
+def _decode_benchmark(run: Run, final) -> dict:
     """Decode tokens/s of `final` on the first eval batch (with the KV cache)."""
     eval_dataset, accelerator = run.data.eval_dataset, run.accelerator
     size = min(len(eval_dataset), run.args.per_device_eval_batch_size)
@@ -486,7 +274,7 @@ def _decode_benchmark(run: _Run, final) -> dict:
     )
 
 
-def _save_results(run: _Run, results: dict, final, predictions: list[dict]) -> None:
+def _save_results(run: Run, results: dict, final, predictions: list[dict]) -> None:
     """(Main process.) Complete `results` and write the model, the predictions and `all_results.json`."""
     args, output_dir = run.args, run.output_dir
     if args.decode_benchmark_tokens:

@@ -11,6 +11,7 @@ map of peft, so that `LoraConfig()` without `target_modules` works on them as it
 """
 
 import torch
+from transformers.pytorch_utils import Conv1D
 
 from ..errors import HfGqaError
 from ..modeling.configuration_routed import ROUTED_FAMILIES, SUFFIX
@@ -43,8 +44,6 @@ def register_peft_defaults() -> None:
 
 
 def _is_projection(module) -> bool:
-    from transformers.pytorch_utils import Conv1D
-
     return isinstance(module, torch.nn.Linear | Conv1D)
 
 

@@ -13,6 +13,8 @@ times 100. Stemming (Porter) is on by default, as in the papers.
 
 import re
 
+from ..errors import HfGqaError
+
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)]?\s+(?=[\"'“‘(]?[A-Z0-9])")
@@ -35,8 +37,6 @@ def _scorer(use_stemmer: bool):
     try:
         from rouge_score import rouge_scorer
     except ImportError:
-        from ..errors import HfGqaError
-
         raise HfGqaError("ROUGE needs the package rouge-score: pip install 'hf-gqa[recipes]'") from None
     return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=use_stemmer)
 

@@ -1,9 +1,9 @@
 """SimGQA (Chinnakonduru et al., 2024): heads reordered so that similar heads share a group, then grouped.
 
 Similarity is the cosine of the flattened per-head query projections (the paper's; keys or values as options), and
-groups are equal-sized for any group size (`hf_gqa.similarity`). The reorder moves whole heads: query rows, K/V rows,
-output-projection columns, biases and per-head norms together, and T5's shared relative position bias through a
-per-layer order in the config, so on its own it preserves the function (`hf_gqa.reorder`). Then:
+groups are equal-sized for any group size (`hf_gqa.core.similarity`). The reorder moves whole heads: query rows,
+K/V rows, output-projection columns, biases and per-head norms together, and T5's shared relative position bias
+through a per-layer order in the config, so on its own it preserves the function (`reorder.py`). Then:
 
 - once (default): each group is mean-pooled as in GQA. For the decoder families the result is a stock checkpoint:
   after the reorder the groups are contiguous, the only grouping stock transformers knows.
