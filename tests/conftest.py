@@ -10,6 +10,9 @@ from transformers import MT5Config, MT5ForConditionalGeneration, T5Config, T5For
 
 import hf_gqa  # noqa: F401  (registers t5_gqa)
 
+# The uptraining recipe's fixtures (tiny models with the real tokenizer, the CNN/DailyMail sample, runs).
+pytest_plugins = ["recipe_fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HF_GQA_SHARED_DATA", REPO.parent / "shared" / "data"))
 T5_TOKENIZER = SHARED_DATA / "t5-tokenizer"

@@ -57,7 +57,7 @@ class GPT2GQAAttention(GPT2Attention):
             self.c_attn = Conv1D(self.embed_dim + 2 * kv_dim, self.embed_dim)
 
     # Copied from transformers 5.24 `GPT2Attention.forward`; every change is marked `hf-gqa:`.
-    # tests/test_gpt2.py::test_forward_copy_matches_upstream fails when upstream changes.
+    # tests/families/test_gpt2.py::test_forward_copy_matches_upstream fails when upstream changes.
     def forward(
         self,
         hidden_states: tuple[torch.Tensor] | None,

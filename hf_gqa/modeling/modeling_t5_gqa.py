@@ -94,7 +94,7 @@ class T5GQAAttention(T5Attention):
         return self.n_heads // self.num_key_value_heads
 
     # Copied from transformers 5.24 `T5Attention.forward`; every change is marked `hf-gqa:`.
-    # tests/test_modeling_t5_gqa.py::test_forward_copy_matches_upstream fails when upstream changes.
+    # tests/modeling/test_modeling_t5_gqa.py::test_forward_copy_matches_upstream fails when upstream changes.
     def forward(
         self,
         hidden_states,

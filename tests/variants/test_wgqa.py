@@ -8,9 +8,8 @@ import textwrap
 import pytest
 import torch
 from conftest import batch, make_t5
-from safetensors import safe_open
-from test_cli import one_error_line, run
-from test_decoder_families import IDS, make
+from helpers import assert_bit_identical, one_error_line, run, tensors
+from tiny_decoders import IDS, make
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import hf_gqa
@@ -50,20 +49,6 @@ def perturb(model, seed: int = 0):
 
 def assert_close(a, b, atol=1e-5):
     torch.testing.assert_close(a, b, rtol=0, atol=atol)
-
-
-def tensors(folder) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
-
-
-def assert_bit_identical(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
 
 
 # The training form at step 0, its weights and its gradients
@@ -450,7 +435,7 @@ def test_cli_yaml_keys_and_t5(tmp_path, capsys):
 )
 def test_bad_options_give_one_line_errors(tmp_path, capsys, family, argv, message):
     if family == "gpt2":
-        from test_gpt2 import make_gpt2
+        from tiny_decoders import make_gpt2
 
         make_gpt2().save_pretrained(tmp_path / "src")
     else:

@@ -10,22 +10,11 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
+from helpers import one_error_line, run
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 import hf_gqa
 from hf_gqa.cli import CONVERT_KEYS, load_convert_config, main
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    errors = [line for line in err.splitlines() if line.startswith("hf-gqa: error:")]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    return errors[0]
 
 
 def leftovers(folder: Path):

@@ -7,8 +7,7 @@ import textwrap
 
 import pytest
 import torch
-from test_cli import run
-from test_routed import pooled_qkv_oracle
+from helpers import pooled_qkv_oracle, run
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
 import hf_gqa

@@ -2,72 +2,18 @@
 
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
+from tiny_decoders import IDS, STOCK_LOAD, logits, make, make_neox
+from transformers import GPTNeoXForCausalLM
 
 import hf_gqa
 from hf_gqa import GQASpec, plan_conversion
 from hf_gqa.core.grouping import regroup_heads
 from hf_gqa.families.decoders import QK_NORMS, NativeGQA
 
-SMALL = dict(
-    vocab_size=96,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=8,
-    pad_token_id=0,
-    bos_token_id=1,
-    eos_token_id=2,
-    max_position_embeddings=128,
-)
-# Per family: what makes a tiny model valid, and the options that switch on what a converter must handle.
-OVERRIDES = {
-    "gemma": dict(head_dim=16),  # head_dim != hidden_size / heads
-    "gemma2": dict(head_dim=16),
-    "gemma3_text": dict(head_dim=16),
-    "qwen3": dict(head_dim=8),
-    "exaone4": dict(head_dim=8),
-    "helium": dict(head_dim=8),
-    "ministral": dict(head_dim=8),
-    "glm": dict(head_dim=8),
-    "smollm3": dict(head_dim=8),
-    "mixtral": dict(num_local_experts=2, num_experts_per_tok=1),
-    "qwen2_moe": dict(
-        num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32, shared_expert_intermediate_size=32
-    ),
-    "qwen3_moe": dict(num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32, head_dim=8),
-    "olmoe": dict(num_experts=2, num_experts_per_tok=1),
-    "granitemoe": dict(num_local_experts=2, num_experts_per_tok=1),
-    "granite": dict(attention_bias=True),
-    "llama": dict(attention_bias=True),
-    "cohere": dict(use_qk_norm=True),
-    "stablelm": dict(qk_layernorm=True),
-    "phi": dict(qk_layernorm=True),
-}
 FAMILIES = NativeGQA.source_model_types
-IDS = torch.randint(3, 96, (2, 11), generator=torch.Generator().manual_seed(0))
-
-
-def make(model_type: str, kv_heads: int = 8, **overrides):
-    config = AutoConfig.for_model(
-        model_type, **{**SMALL, "num_key_value_heads": kv_heads, **OVERRIDES.get(model_type, {}), **overrides}
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # biases and norm weights start at 0 and 1: make them matter
-        for name, param in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                param.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
-    return model
-
-
-def logits(model, ids=IDS):
-    with torch.no_grad():
-        return model(input_ids=ids).logits
 
 
 def has_qk_norm(model_type: str, config) -> bool:
@@ -163,26 +109,6 @@ def test_a_tensor_layout_the_family_does_not_have_is_refused_by_name():
 # GPT-NeoX / Pythia -> stock Phi
 
 
-def make_neox(dtype=torch.float32, **overrides):
-    config = GPTNeoXConfig(
-        vocab_size=96,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        intermediate_size=128,
-        max_position_embeddings=64,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
-        **overrides,
-    )
-    torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                param.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
-    return model.to(dtype)
-
-
 def test_gpt_neox_is_re_expressed_exactly_as_phi():
     source = make_neox()
     phi, plan = hf_gqa.convert_model(source, GQASpec(variant="mha"), return_plan=True)
@@ -211,17 +137,6 @@ def test_gpt_neox_without_parallel_residual_is_refused():
     source = make_neox(use_parallel_residual=False)
     with pytest.raises(hf_gqa.HfGqaError, match="use_parallel_residual=False"):
         hf_gqa.convert(source, groups=2)
-
-
-STOCK_LOAD = textwrap.dedent(
-    """
-    import sys
-    sys.modules["hf_gqa"] = None
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
-    assert type(model).__name__ == sys.argv[2] and model.config.num_key_value_heads == 1
-    """
-)
 
 
 @pytest.mark.parametrize("source", ["llama", "gpt_neox"])

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 from conftest import batch, make_t5
-from test_decoder_families import IDS, STOCK_LOAD, logits, make
+from tiny_decoders import IDS, STOCK_LOAD, logits, make
 
 import hf_gqa
 from hf_gqa import GQASpec

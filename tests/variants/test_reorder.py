@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 from conftest import batch, make_t5
-from test_decoder_families import logits, make
+from tiny_decoders import logits, make
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_gqa.conversion.plan import get_architecture

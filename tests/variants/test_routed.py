@@ -10,16 +10,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import batch, make_t5
-from test_cli import one_error_line, run
-from test_decoder_families import IDS, make
-from test_wgqa import assert_bit_identical, tensors
+from helpers import assert_bit_identical, one_error_line, pooled_qkv_oracle, run, tensors
+from tiny_decoders import IDS, make
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import hf_gqa
 from hf_gqa import GQASpec
 from hf_gqa.conversion.sizes import routed_attention_parameters
 from hf_gqa.conversion.streaming import save_streamed
-from hf_gqa.core.grouping import regroup_heads
 from hf_gqa.modeling.configuration_routed import ROUTED_FAMILIES
 from hf_gqa.modeling.routing import HeadRouting, allocate, head_index, routed_attention_forward
 from hf_gqa.training import DGQAReallocate, TrainingState, run_hooks
@@ -171,17 +169,6 @@ def test_gqkva_with_every_head_is_mha_and_with_one_kv_head_is_mqa(sources, famil
     close(logits(hf_gqa.convert(source, variant="gkva", groups=8)), logits(source))
     mqa = hf_gqa.convert(source, variant="mqa")
     close(logits(hf_gqa.convert(source, variant="gqkva", groups=1, q_groups=8)), logits(mqa))
-
-
-def pooled_qkv_oracle(source, q_groups: int, kv_groups: int):
-    """The source MHA with each head's query, key and value replaced by its groups' means (H heads kept)."""
-    sd = source.state_dict()
-    heads = source.config.num_attention_heads
-    for key in list(sd):
-        groups = q_groups if ".q_proj." in key else kv_groups if (".k_proj." in key or ".v_proj." in key) else None
-        if groups is not None:
-            sd[key] = regroup_heads(regroup_heads(sd[key], heads, groups), groups, heads)
-    return type(source).from_pretrained(None, config=source.config, state_dict=sd).eval()
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -351,7 +338,7 @@ def test_streamed_conversion_equals_in_memory_bit_for_bit(tmp_path, variant):
 
 
 def test_every_routed_family_converts_and_generates():
-    for family in (f for f in ROUTED_FAMILIES if f != "vit"):  # ViT: tests/test_vit.py
+    for family in (f for f in ROUTED_FAMILIES if f != "vit"):  # ViT: tests/families/test_vit.py
         model = hf_gqa.convert(make(family), variant="gqkva", groups=2, q_groups=4).eval()
         assert type(model).__name__.endswith("RoutedForCausalLM")
         out = model.generate(input_ids=IDS[:1, :6], max_new_tokens=3, min_new_tokens=3, do_sample=False)

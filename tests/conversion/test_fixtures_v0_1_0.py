@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 import hf_gqa
 from hf_gqa.cli import main
 
-FIXTURES = Path(__file__).parent / "fixtures" / "v0.1.0"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "v0.1.0"
 INPUTS = json.loads((FIXTURES / "inputs.json").read_text())
 IDS = torch.tensor(INPUTS["input_ids"])
 CASES = sorted(INPUTS["cases"])

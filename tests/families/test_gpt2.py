@@ -10,11 +10,11 @@ import textwrap
 
 import pytest
 import torch
+from tiny_decoders import GPT2_SMALL, make_gpt2
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
-    GPT2Config,
     GPT2ForSequenceClassification,
     GPT2LMHeadModel,
     GPT2Model,
@@ -28,33 +28,11 @@ from hf_gqa import GPT2GQAConfig, GQASpec, convert_state_dict, plan_conversion
 from hf_gqa.modeling import modeling_gpt2_gqa
 from hf_gqa.modeling.modeling_gpt2_gqa import GPT2GQAAttention
 
-H, E, LAYERS, VOCAB = 8, 64, 2, 128
+SMALL = GPT2_SMALL
+H, E, LAYERS, VOCAB = SMALL["n_head"], SMALL["n_embd"], SMALL["n_layer"], SMALL["vocab_size"]
 D = E // H
-SMALL = dict(
-    vocab_size=VOCAB,
-    n_embd=E,
-    n_head=H,
-    n_layer=LAYERS,
-    n_positions=64,
-    resid_pdrop=0.0,
-    embd_pdrop=0.0,
-    attn_pdrop=0.0,
-    bos_token_id=0,
-    eos_token_id=1,
-)
 IDS = torch.randint(2, VOCAB, (2, 11), generator=torch.Generator().manual_seed(0))
 GEN = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=1)
-
-
-def make_gpt2(cls=GPT2LMHeadModel, seed: int = 0, **overrides):
-    """A tiny GPT-2 whose attention matters: sharper Q/K, random biases."""
-    torch.manual_seed(seed)
-    model = cls(GPT2Config(**{**SMALL, **overrides}))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "attn.c_attn" in name:
-                p.normal_(0, 0.3 if p.dim() == 2 else 0.5)
-    return model.eval()
 
 
 def logits(model, ids=IDS, **kwargs):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_t5
 from safetensors import safe_open
-from test_decoder_families import make, make_neox
+from tiny_decoders import make, make_neox
 
 import hf_gqa
 from hf_gqa import GQASpec
