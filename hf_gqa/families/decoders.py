@@ -53,33 +53,9 @@ _MODULE_NAMES = {"wgqa": "wgqa_decoder", "routed": "routed"}
 
 class NativeGQA(Family):
     name = "native-gqa"
-    source_model_types = (
-        "llama",
-        "mistral",
-        "ministral",
-        "mixtral",
-        "qwen2",
-        "qwen2_moe",
-        "qwen3",
-        "qwen3_moe",
-        "gemma",
-        "gemma2",
-        "gemma3_text",
-        "phi",
-        "phi3",
-        "olmo",
-        "olmo2",
-        "olmoe",
-        "granite",
-        "granitemoe",
-        "stablelm",
-        "starcoder2",
-        "cohere",
-        "helium",
-        "smollm3",
-        "glm",
-        "exaone4",
-    )
+    # The families whose attention reads separate k_proj/v_proj (the WGQA form's list, declared once in modeling/),
+    # and Phi-3, which fuses them into qkv_proj: stock GQA only.
+    source_model_types = (*configuration_wgqa_decoder.WGQA_FAMILIES, "phi3")
     attention_kinds = ("self",)
     default_attention = ("self",)
 
