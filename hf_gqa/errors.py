@@ -19,3 +19,8 @@ class CheckpointError(HfGqaError):
 
 class OutputExistsError(HfGqaError):
     """The output folder exists and is not empty, and overwriting was not asked for."""
+
+
+class UnsafeOutputError(OutputExistsError):
+    """The output folder is the source, holds it, or is the working directory, home or root: not replaced, even with
+    --force."""

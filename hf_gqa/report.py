@@ -35,6 +35,7 @@ RUN_SPECIFIC = {
     "output_dir",
     "overwrite_output_dir",
     "resume_from_checkpoint",
+    "trust_checkpoint",
     "cache_dir",
     "preprocessing_num_workers",
     "logging_steps",
@@ -73,8 +74,64 @@ def load_run(path: Path) -> dict:
         raise HfGqaError(f"cannot read {str(path)!r}: {error}") from None
     if not isinstance(run, dict) or "model" not in run or not any(f"eval_{k}" in run for k, _ in ROUGE):
         raise HfGqaError(f"{str(path)!r} is not the all_results.json of an uptraining run")
+    _check_fields(run, path)
     run["_path"] = str(path)
     return run
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# what the report reads of a run, and what each may be (None: the value is missing, which the report shows as "-")
+_NUMBER = ("a number", _is_number)
+_INT = ("an integer", _is_int)
+_TEXT = ("a string", lambda v: isinstance(v, str))
+_OBJECT = ("an object", lambda v: isinstance(v, dict))
+FIELDS = {
+    **{(f"eval_{key}",): _NUMBER for key, _ in ROUGE},
+    ("decode_tokens_per_second",): _NUMBER,
+    ("model",): _OBJECT,
+    ("model", "parameters"): _INT,
+    ("model", "kv_heads"): _OBJECT,
+    ("model", "kv_heads", "*"): _INT,
+    ("model", "kv_cache_bytes_per_token"): _OBJECT,
+    ("model", "kv_cache_bytes_per_token", "*"): _NUMBER,
+    ("model", "variant"): _TEXT,
+    ("model", "converted_attention"): ("a list", lambda v: isinstance(v, list)),
+    ("model", "converted_attention", "*"): _TEXT,
+    ("config",): _OBJECT,
+    ("config", "run_name"): _TEXT,
+    ("config", "convert_variant"): _TEXT,
+    ("config", "lora_r"): _INT,
+    ("config", "seed"): _INT,
+}
+
+
+def _check_fields(run: dict, path: Path) -> None:
+    """One line for the first field the report reads whose value has the wrong type (a string for a number, ...)."""
+
+    def values(container, keys, where):
+        if not keys:
+            yield where, container
+            return
+        if keys[0] == "*":
+            items = container.items() if isinstance(container, dict) else enumerate(container)
+            for key, value in items:
+                yield from values(value, keys[1:], [*where, str(key)])
+        elif isinstance(container, dict) and container.get(keys[0]) is not None:
+            yield from values(container[keys[0]], keys[1:], [*where, keys[0]])
+
+    for keys, (expected, check) in FIELDS.items():
+        for where, value in values(run, keys, []):
+            if value is not None and not check(value):
+                got = f"{type(value).__name__} {json.dumps(value, default=str)}"
+                got = got if len(got) <= 60 else got[:57] + "..."
+                raise HfGqaError(f"{str(path)!r}: {'.'.join(where)!r} should be {expected}, got {got}")
 
 
 def _label(run: dict) -> str:
@@ -271,7 +328,8 @@ def plot(rows: list[dict], path: Path, title: str | None = None) -> bool:
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: format_bytes(v)))
     ax.margins(x=0.15, y=0.1)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no point has a KV-cache size: nothing to label
+        ax.legend(fontsize=8)
     ax.set_title(title or "ROUGE against KV-cache size")
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
@@ -295,17 +353,35 @@ def add_parser(subparsers) -> None:
     report.add_argument("--title", help="title of the plot")
 
 
+def _output_dir(raw: str) -> Path:
+    """`-o`, created if needed; a file in the way is a one-line error."""
+    output = Path(raw)
+    for existing in (p for p in (output, *output.parents) if p.exists()):
+        if not existing.is_dir():
+            where = "" if existing == output else f": {str(existing)!r}"
+            raise HfGqaError(f"-o {raw!r}{where} is not a folder")
+        break
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise HfGqaError(f"-o {raw!r}: cannot create the folder: {error.strerror or error}") from None
+    return output
+
+
 def run(args) -> int:
     """`hf-gqa report`: print the table and write report.md, report.csv and the plot."""
     rows = summarize([load_run(p) for p in find_results(args.runs)])
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    output = _output_dir(args.output_dir)
     markdown = to_markdown(rows)
-    (output / "report.md").write_text(markdown, encoding="utf-8")
-    write_csv(rows, output / "report.csv")
-    print(markdown)
     written = [output / "report.md", output / "report.csv"]
-    if plot(rows, output / PLOT, args.title):
+    try:
+        written[0].write_text(markdown, encoding="utf-8")
+        write_csv(rows, written[1])
+        plotted = plot(rows, output / PLOT, args.title)
+    except OSError as error:
+        raise HfGqaError(f"cannot write {error.filename or str(output)!r}: {error.strerror or error}") from None
+    print(markdown)
+    if plotted:
         written.append(output / PLOT)
     else:
         print("note: no plot: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)

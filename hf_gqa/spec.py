@@ -5,6 +5,7 @@
 import dataclasses
 from collections.abc import Mapping
 
+from .calibration.options import CALIBRATION_INITS, CalibrationOptions
 from .core.grouping import KV_INITS
 from .core.options import Option, declared, option
 from .registry import OPTION_CLASSES, list_variants
@@ -33,9 +34,11 @@ class CommonOptions:
     init: str = option(
         "mean",
         help="how a group's K/V are initialised from its heads: mean (the paper's, default), first or random "
-        "(gqa, mqa)",
+        "(gqa, mqa); fitted on --calibration-data (gqa, mqa): activation (closed form: each new K/V head fitted "
+        "to its group's activations, queries and output projection compensated) or calibrated (that, then each "
+        "attention block fitted to the source block's output)",
         type=str,
-        choices=lambda: sorted(KV_INITS),
+        choices=lambda: sorted(KV_INITS) + list(CALIBRATION_INITS),
     )
     attention: tuple[str, ...] | None = option(
         help="attention kinds to convert: T5 encoder, decoder_self, cross (default: decoder_self cross, as in "
@@ -63,7 +66,7 @@ def _post_init(self) -> None:
         object.__setattr__(self, "attention", None)
 
 
-_CLASSES = (CommonOptions, *OPTION_CLASSES)
+_CLASSES = (CommonOptions, *OPTION_CLASSES, CalibrationOptions)
 OPTIONS: dict[str, Option] = {o.name: o for cls in _CLASSES for o in declared(cls)}
 
 GQASpec = dataclasses.make_dataclass(

@@ -13,6 +13,9 @@ the data, ROUGE, evaluation, checkpoints, LoRA and hooks, where the tests cover 
   `--convert-variant` (`mha`, `gqa`, `mqa`, and any variant hf-gqa registers) and `--groups`, so one config runs MHA,
   GQA and MQA from the same source. Encoder-decoders (T5) learn `source_prefix + text -> summary`; decoder-only models
   learn `prompt_template(text) + summary`, with the loss on the summary tokens only.
+- Distillation (`--distill`): the source before conversion (or `--teacher-name-or-path`), frozen, is a teacher:
+  loss = a * CE + (1 - a) * T^2 * KL(teacher || student) over the summary tokens (`--distill-alpha`,
+  `--distill-temperature`, `--teacher-dtype`); the log records both parts (`ce_loss`, `kl_loss`).
 - Steps: `num_train_epochs` epochs, or a `step_budget`; `alpha` uptrains for that fraction of it (Ainslie et al.:
   a few percent of the pre-training steps); `max_train_steps` overrides both. AdamW, linear decay by default.
 - Every `checkpointing_steps` optimizer steps, `accelerator.save_state` writes `OUTPUT/checkpoints/step-N`;

@@ -6,6 +6,7 @@ status 2; nothing is left half-written.
 """
 
 import argparse
+import signal
 import sys
 
 from transformers.utils import logging as hf_logging
@@ -13,11 +14,21 @@ from transformers.utils import logging as hf_logging
 from .. import report
 from .._version import __version__
 from ..errors import HfGqaError
+from ..io.output import Terminated, sigterm_as_interrupt
 from . import convert, demo, fold, info, listing
+from . import eval as eval_command
 from .convert import CONVERT_KEYS, load_convert_config
 
 # command -> its module (`add_parser(subparsers)`, `run(args) -> exit status`), in `--help` order
-COMMANDS = {"convert": convert, "fold": fold, "info": info, "list": listing, "demo": demo, "report": report}
+COMMANDS = {
+    "convert": convert,
+    "fold": fold,
+    "info": info,
+    "eval": eval_command,
+    "list": listing,
+    "demo": demo,
+    "report": report,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,10 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     hf_logging.set_verbosity_error()  # keep transformers' progress bars, drop its advisory warnings
     try:
-        return COMMANDS[args.command].run(args)
+        with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: temporary folders are removed
+            return COMMANDS[args.command].run(args)
     except HfGqaError as error:
         print(f"hf-gqa: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("hf-gqa: terminated; nothing was written", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("hf-gqa: interrupted; nothing was written", file=sys.stderr)
         return 130

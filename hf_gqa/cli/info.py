@@ -3,11 +3,10 @@
 import json
 from pathlib import Path
 
-from safetensors import safe_open
-
 from .._version import __version__
 from ..conversion.sizes import kv_cache_bytes_per_token
 from ..core.text import format_bytes, print_table
+from ..io.safetensors import numel, read_headers, safetensors_files
 from ..io.sources import load_config_dict
 from ..registry import resolve
 
@@ -53,20 +52,14 @@ def describe_checkpoint(path: str) -> dict:
 
 
 def _count_parameters(path: str) -> int | None:
-    """Parameters stored in a local folder's safetensors files, read from their headers (no weights loaded)."""
+    """Parameters stored in a local folder's safetensors weights, read from their headers (no weights loaded): the
+    files transformers would load (those its index names, else model.safetensors; not a `consolidated.safetensors`
+    beside them), each header validated against its file."""
     folder = Path(path)
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    files = safetensors_files(folder) if folder.is_dir() else None
     if not files:
         return None
-    total = 0
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                n = 1
-                for dim in f.get_slice(key).get_shape():
-                    n *= dim
-                total += n
-    return total
+    return sum(numel(info.shape) for info in read_headers(files).values())
 
 
 def run(args) -> int:

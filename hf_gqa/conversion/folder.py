@@ -8,13 +8,16 @@ from pathlib import Path
 
 from .._version import __version__
 from ..core.options import option
+from ..errors import HfGqaError
 from ..io.output import atomic_output_dir, check_output_dir, has_tokenizer, save_converted
+from ..io.safetensors import parse_size
 from ..io.sources import load_config_dict, load_tokenizer, safetensors_folder
 from ..registry import FORMS, resolve
 from ..spec import GQASpec
 from ..variants.wgqa.form import remove_stale_code
+from .calibrate import calibrate_converted, needs_calibration
 from .cards import model_card
-from .memory import convert_model, load_source
+from .memory import as_stored, convert_model, load_source, with_output_dtype
 from .plan import ConversionPlan, plan_conversion
 from .sizes import kv_cache_bytes_per_token
 from .streaming import stream_convert
@@ -79,7 +82,9 @@ def to_folder(
     tensors are named differently on disk than in memory (ViT) are loaded and converted in memory. Both paths give
     bit-identical tensors.
     """
-    check_output_dir(output, force=force)
+    output = check_output_dir(output, force=force, sources={"the source": source})  # `~` expanded
+    _check_writable(output)
+    max_shard_size = parse_size(max_shard_size)  # a bad --max-shard-size: one line, before any work, either path
     config = load_config_dict(source)  # one-line errors for a missing or unsupported source, before any weights
     family = resolve(config).family
     if spec is None:
@@ -87,10 +92,12 @@ def to_folder(
         provenance = {"hf_gqa_version": __version__}
         kv_heads = _folded_heads(config)
     else:
-        plan_conversion(config, spec, validate_only=True)  # a bad --groups fails here, before any weights
+        plan_conversion(with_output_dtype(config, dtype), spec, validate_only=True)  # a bad --groups fails here
         provenance = {"gqa_source": str(source), "hf_gqa_version": __version__}
     location = location or str(output)
-    streamable = family.streams and not in_memory and dtype in (None, "auto")
+    # A config that names no class converts in memory, as its model type's default class (see `load_source`).
+    streamable = family.streams and not in_memory and dtype in (None, "auto") and bool(config.get("architectures"))
+    streamable = streamable and not needs_calibration(spec)  # calibration runs the models: in memory
     folder = safetensors_folder(source) if streamable else None
 
     def card(plan: ConversionPlan, config: dict, parameters: tuple[int, int]) -> str:
@@ -111,7 +118,10 @@ def to_folder(
         converted, plan = convert_model(model, spec, dtype=dtype, source=str(source), return_plan=True)
         parameters = (model.num_parameters(), converted.num_parameters())
         loaded_tokenizer = load_tokenizer(source)
+        if needs_calibration(spec):
+            calibrate_converted(model, converted, plan, spec, loaded_tokenizer, progress)
         text = card(plan, converted.config.to_dict(), parameters)
+        as_stored(converted, dtype, source)  # the dtypes the streamed path writes (T5's wo stays float16)
         save_converted(converted, output, loaded_tokenizer, text, force=force, max_shard_size=max_shard_size)
         kv = (
             kv_cache_bytes_per_token(model.config.to_dict(), model.dtype),
@@ -120,6 +130,16 @@ def to_folder(
         tokenizer = loaded_tokenizer is not None
     kv_heads = kv_heads if spec is None else plan.kv_heads
     return FolderReport(plan, Path(output), folder is not None, parameters, kv, tokenizer, kv_heads)
+
+
+def _check_writable(output: str | os.PathLike) -> None:
+    """Refuse, before any work, an output whose folder cannot be written (the output is written beside it, then
+    renamed into place): the first existing folder above it must be writable."""
+    folder = Path(output).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise HfGqaError(f"cannot write the output {str(output)!r}: the folder {str(folder)!r} is not writable")
 
 
 def _folded_heads(config: dict) -> dict[str, tuple[int, int]]:

@@ -3,16 +3,22 @@
 import contextlib
 import inspect
 import os
+import re
+from pathlib import Path
 
+import torch
+from safetensors import safe_open
 from transformers import AutoConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from .._version import __version__
 from ..errors import HfGqaError
 from ..io.auto import model_class
-from ..io.sources import load_config_dict, load_model, resolve_dtype
+from ..io.safetensors import safetensors_files
+from ..io.sources import load_config_dict, load_model, load_tokenizer, resolve_dtype
 from ..spec import OPTIONS, GQASpec
 from ..variants.wgqa import is_training_form
+from .calibrate import calibrate_converted, needs_calibration
 from .plan import ConversionPlan, get_architecture, plan_conversion
 
 
@@ -22,6 +28,52 @@ def load_source(source: str | os.PathLike, dtype=None) -> PreTrainedModel:
     config = load_config_dict(source)
     get_architecture(config)
     return load_model(source, config, dtype=dtype)
+
+
+def with_output_dtype(config: dict, dtype) -> dict:
+    """`config` (a config dict) with the dtype its conversion is written in: `dtype`, or the source's when None/auto.
+    What a plan checks against the dtype (WGQA's `--weights-init`) reads it there."""
+    resolved = resolve_dtype(dtype)
+    return dict(config) if resolved is None else {**config, "dtype": str(resolved).removeprefix("torch.")}
+
+
+_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+def _stored_dtypes(source) -> dict[str, torch.dtype]:
+    """The dtype of each tensor a local safetensors checkpoint stores (empty for any other source)."""
+    folder = Path(str(source)).expanduser() if source is not None else None
+    files = safetensors_files(folder) if folder is not None and folder.is_dir() else None
+    stored: dict[str, torch.dtype] = {}
+    for file in files or ():
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                dtype = _SAFETENSORS_DTYPES.get(f.get_slice(key).get_dtype())
+                if dtype is not None:
+                    stored[key] = dtype
+    return stored
+
+
+def as_stored(model: PreTrainedModel, dtype=None, source=None) -> PreTrainedModel:
+    """`model`, in place, ready to be saved in the dtypes the streamed path writes: transformers loads the modules a
+    model keeps in float32 (`_keep_in_fp32_modules`, e.g. T5's `wo`) as float32 when the rest is float16; they go
+    back to the dtype the source stores them in (its safetensors headers), else to the output's, `dtype` (None: the
+    model's). The loader upcasts them again. Modules kept in float32 strictly stay so."""
+    target = resolve_dtype(dtype)
+    if target is None:
+        target = getattr(model.config, "dtype", None)
+        target = getattr(torch, target.removeprefix("torch."), None) if isinstance(target, str) else target
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    keep -= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    if target != torch.float16 or not keep:
+        return model
+    patterns = [re.compile(re.escape(p).replace(r"\*", ".*")) for p in keep]
+    stored = _stored_dtypes(source) if resolve_dtype(dtype) is None else {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dtype == torch.float32 and any(p.search(name) for p in patterns):
+                param.data = param.data.to(stored.get(name, target))
+    return model
 
 
 @contextlib.contextmanager
@@ -46,6 +98,7 @@ def convert_model(
     source = source or getattr(model.config, "_name_or_path", None) or None
     config_dict = model.config.to_dict()
     config_dict["architectures"] = [type(model).__name__]  # what is in memory, whatever the config says
+    config_dict = with_output_dtype(config_dict, dtype)
     quantization = config_dict.pop("quantization_config", None)
     if quantization and dict(quantization).get("quant_method") != "gguf":  # GGUF weights arrive dequantised
         raise HfGqaError(
@@ -87,11 +140,21 @@ def convert(model_or_path: PreTrainedModel | str | os.PathLike, dtype=None, **op
     `hf-gqa convert --help` explains each. `variant="wgqa"` gives the WGQA training form (fold it with `hf_gqa.fold`
     after uptraining); the routed variants give routed attention.
     """
+    tokenizer = options.pop("tokenizer", None)
     spec = spec_from_options(options)
     if isinstance(model_or_path, PreTrainedModel):
-        return convert_model(model_or_path, spec, dtype=dtype)
-    model = load_source(model_or_path, dtype=dtype)
-    return convert_model(model, spec, dtype=dtype, source=str(model_or_path))
+        model, source = model_or_path, None
+        plan_conversion(model.config.to_dict(), spec, validate_only=True)
+    else:
+        config = load_config_dict(model_or_path)
+        plan_conversion(with_output_dtype(config, dtype), spec, validate_only=True)  # refused before weights are read
+        model, source = load_model(model_or_path, config, dtype=dtype), str(model_or_path)
+    converted, plan = convert_model(model, spec, dtype=dtype, source=source, return_plan=True)
+    if needs_calibration(spec):
+        if tokenizer is None:
+            tokenizer = load_tokenizer(source or getattr(model.config, "_name_or_path", None) or "")
+        calibrate_converted(model, converted, plan, spec, tokenizer)
+    return converted
 
 
 # `inspect.signature(hf_gqa.convert)` (and IDEs) show every option with its default.
@@ -100,6 +163,7 @@ convert.__signature__ = inspect.Signature(
         inspect.Parameter("model_or_path", inspect.Parameter.POSITIONAL_OR_KEYWORD),
         inspect.Parameter("dtype", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
         *(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default) for o in OPTIONS.values()),
+        inspect.Parameter("tokenizer", inspect.Parameter.KEYWORD_ONLY, default=None),  # for --init calibrated
     ]
 )
 
@@ -114,4 +178,4 @@ def fold(model, dtype=None):
     return convert_model(model, None, dtype=dtype)
 
 
-__all__ = ["convert", "convert_model", "fold", "load_source", "spec_from_options"]
+__all__ = ["as_stored", "convert", "convert_model", "fold", "load_source", "spec_from_options", "with_output_dtype"]

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..calibration.options import CALIBRATION_INITS, check_calibration
 from ..core.grouping import KV_INITS, key_generator
 from ..core.tensormap import TensorMap, TensorOp
 from ..errors import HfGqaError, InvalidGroupsError
 from ..families import Family
+from ..io.auto import source_architectures
 from ..registry import get_variant, resolve
 from ..spec import GQASpec
 
@@ -62,6 +64,9 @@ def plan_conversion(
     source_model_type = config.get("model_type")
     resolved = resolve(config)
     architecture = resolved.family
+    # The classes the checkpoint loads as, decided before anything else: those `architectures` names, or the model
+    # type's default (decoder-only: causal LM, T5: seq2seq) when it names none; a refusal below names them.
+    config["architectures"] = source_architectures(config)
     prelude = None
     if resolved.form is not None:  # hf-gqa's own form: folded (WGQA) or refused (routed)
         reexpressed = resolved.form.reexpress(architecture, config, keys)
@@ -76,9 +81,11 @@ def plan_conversion(
     if spec is None:
         return _reexpression_plan(architecture, config, prelude, provenance, source_model_type)
     variant = get_variant(spec.variant)
-    if spec.init not in KV_INITS:
-        raise HfGqaError(f"unknown init {spec.init!r}; choose one of {', '.join(sorted(KV_INITS))}")
+    if spec.init not in KV_INITS and spec.init not in CALIBRATION_INITS:
+        choices = ", ".join(sorted(KV_INITS) + list(CALIBRATION_INITS))
+        raise HfGqaError(f"unknown init {spec.init!r}; choose one of {choices}")
     variant.check_spec(spec)
+    check_calibration(spec)
     kinds = tuple(spec.attention) if spec.attention else architecture.default_attention
     unknown = [k for k in kinds if k not in architecture.attention_kinds]
     if isinstance(spec.groups, Mapping):
@@ -118,6 +125,7 @@ def plan_conversion(
 
         def regroup(key, tensor, current=current, new=new, norm_keys=block.norm_keys):
             init = spec.init if key not in norm_keys else ("first" if spec.init == "first" else "mean")
+            init = "mean" if init in CALIBRATION_INITS else init  # calibration starts from the mean, fitted later
             generator = key_generator(spec.seed, key) if init == "random" else None
             return variant.convert_kv(tensor, current, new, init, generator)
 

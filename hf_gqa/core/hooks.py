@@ -31,7 +31,10 @@ class TrainingState:
 
 class TrainingHook:
     """Base hook. Subclasses override `on_step_end` (and `on_train_begin` to restore what lives outside the model's
-    weights after a resume, `on_train_end` if they finish something)."""
+    weights after a resume, `on_train_end` if they finish something).
+
+    The recipe's `--hooks 'module.path:Class(key=literal, ...)'` instantiates only subclasses of this class: the spec
+    is resolved and checked before anything is called, and its arguments are literals (`ast.literal_eval`)."""
 
     def on_train_begin(self, state: TrainingState) -> None:
         pass
@@ -43,7 +46,9 @@ class TrainingHook:
         pass
 
     def state_dict(self) -> dict:
-        """What a resumed run needs to continue exactly (saved next to the checkpoint)."""
+        """What a resumed run needs to continue exactly, as JSON data (dicts with string keys, lists, strings,
+        numbers, booleans, None): it is saved in the checkpoint's `hf_gqa_state.json`, never pickled, and comes back
+        through `load_state_dict` as JSON gives it back (tuples as lists)."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:

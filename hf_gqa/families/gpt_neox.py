@@ -4,7 +4,8 @@ GPT-NeoX with a parallel residual (every Pythia) computes `x + attn(ln1(x)) + ml
 `x + attn(ln(x)) + mlp(ln(x))` with one LayerNorm. Folding each LayerNorm's affine into the projections that read it
 (`W diag(gamma)`, `b + W beta`) and giving Phi's LayerNorm gamma=1, beta=0 makes the two the same function. The
 interleaved `query_key_value` ([q|k|v] per head) splits into Phi's q/k/v projections, `embed_out` becomes Phi's
-`lm_head` with a zero bias, and partial rotary carries over. The GQA conversion then runs on the Phi checkpoint,
+`lm_head` with a zero bias (a sequence- or token-classification head becomes Phi's `score`, unchanged),
+and partial rotary carries over. The GQA conversion then runs on the Phi checkpoint,
 so the output loads in plain transformers without hf-gqa.
 """
 
@@ -18,7 +19,15 @@ from ..errors import UnsupportedModelError
 from .base import AttentionBlock, Family
 from .decoders import NativeGQA
 
-_HEADS = {"GPTNeoXForCausalLM": "PhiForCausalLM", "GPTNeoXModel": "PhiModel"}
+_HEADS = {
+    "GPTNeoXForCausalLM": "PhiForCausalLM",
+    "GPTNeoXModel": "PhiModel",
+    "GPTNeoXForSequenceClassification": "PhiForSequenceClassification",  # `score` (no bias) in both
+    "GPTNeoXForTokenClassification": "PhiForTokenClassification",  # `classifier` becomes Phi's `score` (with bias)
+}
+_CLASSIFIERS = {"GPTNeoXForSequenceClassification": "score", "GPTNeoXForTokenClassification": "classifier"}
+# What a classification head's config carries over (the labels; its dropout while training).
+_LABEL_KEYS = ("id2label", "label2id", "problem_type", "classifier_dropout")
 
 
 def _fold_weight(weight: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -54,10 +63,12 @@ class GPTNeoX(Family):
                 "equivalent; only parallel-residual GPT-NeoX (every Pythia) is supported"
             )
         has_head = architectures[0] == "GPTNeoXForCausalLM"
-        src = "gpt_neox." if has_head else ""
-        if keys is not None and has_head and not any(k.startswith("gpt_neox.") for k in keys):
+        classifier = _CLASSIFIERS.get(architectures[0])
+        nested = has_head or classifier is not None  # the base model under `gpt_neox.` (on disk) / `model.` (Phi)
+        src = "gpt_neox." if nested else ""
+        if keys is not None and nested and not any(k.startswith("gpt_neox.") for k in keys):
             src = ""
-        dst = "model." if has_head else ""
+        dst = "model." if nested else ""
         # transformers 5 names the head `lm_head` in memory; checkpoints on disk (Pythia) call it `embed_out`.
         head = "embed_out.weight" if keys is not None and "embed_out.weight" in set(keys) else "lm_head.weight"
         phi = {
@@ -84,6 +95,8 @@ class GPTNeoX(Family):
             )
             if key in c
         }
+        if classifier is not None:
+            phi.update({key: c[key] for key in _LABEL_KEYS if key in c})
         phi.update(
             model_type="phi",
             architectures=[_HEADS[architectures[0]]],
@@ -92,8 +105,12 @@ class GPTNeoX(Family):
             embd_pdrop=0.0,
             qk_layernorm=False,
         )
+        ops = self._ops(c, src, dst, has_head, head)
+        if classifier is not None:  # the head, copied through as Phi's `score`
+            for suffix in ("weight", "bias") if classifier == "classifier" else ("weight",):
+                ops[f"score.{suffix}"] = TensorOp((f"{classifier}.{suffix}",), lambda t: t)
         return phi, TensorMap(
-            ops=self._ops(c, src, dst, has_head, head),
+            ops=ops,
             passthrough=False,
             ignore=("*attention.bias", "*attention.masked_bias", "*rotary_emb.inv_freq")
             + ((head,) if c.get("tie_word_embeddings") else ()),

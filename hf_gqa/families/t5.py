@@ -2,6 +2,7 @@
 
 from collections.abc import Iterable
 
+from ..errors import UnsupportedModelError
 from ..modeling.configuration_t5_gqa import KV_HEAD_FIELDS, T5_GQA_AUTO_MAP
 from .base import AttentionBlock, Family, HeadSlice
 
@@ -82,7 +83,12 @@ class T5(Family):
         for suffix in _CLASS_SUFFIXES:
             if source_architecture.endswith(suffix):
                 return f"T5GQA{suffix}"
-        return "T5GQAForConditionalGeneration"
+        # t5_gqa has no classification or question-answering heads: refused by name, before any weights are read
+        raise UnsupportedModelError(
+            f"cannot convert a {source_architecture}: t5_gqa has "
+            + ", ".join(f"T5GQA{suffix}" for suffix in _CLASS_SUFFIXES)
+            + " only; convert the T5 model and add the head afterwards"
+        )
 
     def num_heads(self, config: dict) -> int:
         return config["num_heads"]

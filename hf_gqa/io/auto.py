@@ -7,9 +7,13 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageClassification,
+    AutoModelForQuestionAnswering,
     AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
     AutoModelForTextEncoding,
+    AutoModelForTokenClassification,
 )
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from ..errors import HfGqaError
 from ..modeling.configuration_gpt2_gqa import GPT2GQAConfig
@@ -47,6 +51,72 @@ def model_class(name: str):
     return cls
 
 
+# The Auto classes a source checkpoint may load through. When its config names no class (or none of its model type),
+# the first of DEFAULT_AUTO_CLASSES its model type has: decoder-only -> causal LM, T5 -> seq2seq, ViT -> image
+# classification.
+AUTO_CLASSES = (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoModelForQuestionAnswering,
+    AutoModelForTextEncoding,
+    AutoModel,
+)
+DEFAULT_AUTO_CLASSES = (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForImageClassification, AutoModel)
+# A class name transformers does not know (legacy, custom): the task its suffix names, the first suffix that matches.
+_SUFFIXES = (
+    ("ForCausalLM", AutoModelForCausalLM),
+    ("LMHeadModel", AutoModelForCausalLM),
+    ("ForConditionalGeneration", AutoModelForSeq2SeqLM),
+    ("ForImageClassification", AutoModelForImageClassification),
+    ("ForSequenceClassification", AutoModelForSequenceClassification),
+    ("ForTokenClassification", AutoModelForTokenClassification),
+    ("ForQuestionAnswering", AutoModelForQuestionAnswering),
+    ("EncoderModel", AutoModelForTextEncoding),
+    ("Model", AutoModel),
+)
+
+
+def _classes(auto, config_class) -> tuple[type, ...]:
+    """The model classes `auto` gives for `config_class` (none when it has none for it)."""
+    mapping = auto._model_mapping
+    if config_class is None or config_class not in mapping:
+        return ()
+    classes = mapping[config_class]
+    return tuple(classes) if isinstance(classes, (tuple, list)) else (classes,)
+
+
+def source_auto_class(config: dict):
+    """The Auto class that loads a checkpoint with this config dict: the one that has the class its `architectures`
+    names for its model type; for a name transformers does not know, the task its suffix names; with no
+    `architectures`, the model type's default (`DEFAULT_AUTO_CLASSES`)."""
+    register_auto_classes()
+    config_class = CONFIG_MAPPING[config["model_type"]] if config.get("model_type") in CONFIG_MAPPING else None
+    available = [(auto, {c.__name__ for c in _classes(auto, config_class)}) for auto in AUTO_CLASSES]
+    available = [(auto, names) for auto, names in available if names]
+    for name in config.get("architectures") or ():
+        for auto, names in available:
+            if name in names:
+                return auto
+    for name in config.get("architectures") or ():
+        auto = next((auto for suffix, auto in _SUFFIXES if name.endswith(suffix)), None)
+        if auto is not None and any(a is auto for a, _ in available):
+            return auto
+    return next((auto for auto in DEFAULT_AUTO_CLASSES if any(a is auto for a, _ in available)), AutoModel)
+
+
+def source_architectures(config: dict) -> list[str]:
+    """The class names a checkpoint with this config dict loads as (what `source_auto_class` gives): its
+    `architectures` where its model type has them, else the class its Auto class gives (see `source_auto_class`)."""
+    auto = source_auto_class(config)
+    config_class = CONFIG_MAPPING[config["model_type"]] if config.get("model_type") in CONFIG_MAPPING else None
+    names = [c.__name__ for c in _classes(auto, config_class)]
+    kept = [a for a in config.get("architectures") or () if a in names]
+    return kept or names[:1] or list(config.get("architectures") or ())
+
+
 def _register() -> None:
     AutoConfig.register(T5GQAConfig.model_type, T5GQAConfig, exist_ok=True)
     AutoModel.register(T5GQAConfig, T5GQAModel, exist_ok=True)
@@ -74,4 +144,12 @@ def _register() -> None:
             auto[name].register(config, cls, exist_ok=True)
 
 
-__all__ = ["MODEL_CLASSES", "model_class", "register_auto_classes"]
+__all__ = [
+    "AUTO_CLASSES",
+    "DEFAULT_AUTO_CLASSES",
+    "MODEL_CLASSES",
+    "model_class",
+    "register_auto_classes",
+    "source_architectures",
+    "source_auto_class",
+]

@@ -1,11 +1,13 @@
-"""Safetensors on disk, read and written one tensor at a time: headers, a reader that fetches tensors at their
-offsets, and `ShardWriter`, an incremental re-sharding writer. No conversion logic here.
+"""Safetensors on disk, read and written one tensor at a time: headers (validated), a reader that fetches tensors
+at their offsets, and `ShardWriter`, an incremental re-sharding writer. No conversion logic here.
 
 safetensors has no incremental writer, so `ShardWriter` writes the format directly: an 8-byte header length, a
-JSON header (padded with spaces, which the format allows) and the raw tensor bytes.
+JSON header (padded with spaces, which the format allows) and the raw tensor bytes. Reading trusts nothing: every
+header is checked against its file (`validate_header`) before a byte of tensor data is read.
 """
 
 import json
+import math
 import os
 import struct
 from collections import OrderedDict
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, HfGqaError
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -34,42 +36,79 @@ _ST_DTYPES = {
     torch.float8_e5m2: "F8_E5M2",
 }
 _TORCH_DTYPES = {name: dtype for dtype, name in _ST_DTYPES.items()}
+# Bits per element of every dtype the safetensors format names (what a header may say; reading needs _TORCH_DTYPES).
+_DTYPE_BITS = {
+    **{name: 8 for name in ("BOOL", "U8", "I8", "F8_E4M3", "F8_E4M3FNUZ", "F8_E5M2", "F8_E5M2FNUZ", "F8_E8M0")},
+    **{name: 16 for name in ("U16", "I16", "F16", "BF16")},
+    **{name: 32 for name in ("U32", "I32", "F32")},
+    **{name: 64 for name in ("U64", "I64", "F64", "C64")},
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+}
+_MAX_HEADER_BYTES = 100 * 2**20  # the safetensors library refuses larger headers too
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
 def parse_size(size: int | str) -> int:
-    """Bytes in `size`: an int, or a string such as "5GB", "500MB", "2GiB"."""
+    """Bytes in `size`: a positive int, or a string such as "5GB", "500MB", "2GiB" (a user's `--max-shard-size`)."""
     if isinstance(size, int) and not isinstance(size, bool):
         value = size
     else:
         text = str(size).strip().upper().replace(" ", "")
         unit = next((u for u in sorted(_SIZE_UNITS, key=len, reverse=True) if text.endswith(u)), None)
         try:
-            value = int(float(text[: -len(unit)]) * _SIZE_UNITS[unit]) if unit else int(text)
+            number = float(text[: -len(unit)]) * _SIZE_UNITS[unit] if unit else int(text)
+            value = int(number) if isinstance(number, int) or math.isfinite(number) else 0  # "infGB", "nanGB"
         except ValueError:
             value = 0
     if value <= 0:
-        raise CheckpointError(f"invalid shard size {size!r}; use e.g. 5GB, 500MB or a number of bytes")
+        raise HfGqaError(f"invalid shard size {size!r}; use e.g. 5GB, 500MB or a number of bytes")
     return value
 
 
 def safetensors_files(folder: Path) -> list[Path] | None:
-    """The safetensors weight files of a checkpoint folder (from its index when sharded), or None if it has none."""
+    """The safetensors weight files of a checkpoint folder, or None if it has none: the files its index names when
+    there is one, else model.safetensors (what transformers loads; a `consolidated.safetensors` beside them is not).
+    The index may only name files inside the folder."""
     index = folder / INDEX_NAME
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (ValueError, KeyError) as error:
+        except (ValueError, KeyError, TypeError) as error:
             raise CheckpointError(f"{index} is not a valid safetensors index: {error}") from None
-        files = list(dict.fromkeys(weight_map.values()))
-        missing = [f for f in files if not (folder / f).is_file()]
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) and f for f in weight_map.values()):
+            raise CheckpointError(f"{index} is not a valid safetensors index: its weight_map is not tensor -> file")
+        names = list(dict.fromkeys(weight_map.values()))
+        files = [_inside(folder, name, index) for name in names]
+        missing = [name for name, file in zip(names, files, strict=True) if not file.is_file()]
         if missing:
             raise CheckpointError(
                 f"{folder} lacks the shard {missing[0]} its index names: the checkpoint is incomplete"
             )
-        return [folder / f for f in files]
+        return files
     single = folder / WEIGHTS_NAME
     return [single] if single.is_file() else None
+
+
+def _inside(folder: Path, name: str, index: Path) -> Path:
+    """`folder / name` for a shard an index names, refused unless it is and resolves inside `folder`. In the Hub
+    cache a snapshot's files are links into the repo's `blobs` folder: those are followed."""
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts:
+        raise CheckpointError(f"{index} names the shard {name!r}, outside the checkpoint folder: refused")
+    root = folder.resolve()
+    roots = [root]
+    for snapshot in (root, *root.parents):  # <repo>/snapshots/<commit>[/subfolder]
+        if snapshot.parent.name == "snapshots" and (snapshot.parent.parent / "blobs").is_dir():
+            roots.append((snapshot.parent.parent / "blobs").resolve())
+            break
+    resolved = (folder / path).resolve()
+    if not any(resolved.is_relative_to(r) for r in roots):
+        raise CheckpointError(
+            f"{index} names the shard {name!r}, a link that resolves outside the checkpoint folder: refused"
+        )
+    return folder / path
 
 
 @dataclass(frozen=True)
@@ -82,25 +121,87 @@ class TensorInfo:
 
 
 def read_headers(files: Iterable[Path]) -> "OrderedDict[str, TensorInfo]":
-    """Every tensor's file, dtype, shape and size, from the safetensors headers alone, in file and offset order."""
+    """Every tensor's file, dtype, shape and size, from the safetensors headers alone, in file and offset order.
+    Each header is validated against its file (`validate_header`); a tensor in two files is refused."""
     infos: OrderedDict[str, TensorInfo] = OrderedDict()
     for file in files:
         try:
             with open(file, "rb") as f:
-                (length,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(length))
-        except (OSError, ValueError, struct.error, MemoryError) as error:
-            raise CheckpointError(f"{file} is not a readable safetensors file: {error}") from None
-        if not isinstance(header, dict):
-            raise CheckpointError(f"{file} is not a readable safetensors file")
-        header.pop("__metadata__", None)
-        end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
-        if file.stat().st_size != 8 + length + end:
-            raise CheckpointError(f"{file} is truncated or corrupt: its size does not match its safetensors header")
-        for key, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-            start, end = entry["data_offsets"]
-            infos[key] = TensorInfo(file, entry["dtype"], tuple(entry["shape"]), 8 + length + start, end - start)
+                size = os.fstat(f.fileno()).st_size
+                prefix = f.read(8)
+                if len(prefix) < 8:
+                    raise CheckpointError(f"{file} is not a safetensors file: it is shorter than a header")
+                (length,) = struct.unpack("<Q", prefix)
+                if length > min(size - 8, _MAX_HEADER_BYTES):
+                    raise CheckpointError(
+                        f"{file} is not a safetensors file: its header length ({length} bytes) exceeds the file"
+                    )
+                raw = f.read(length)
+        except OSError as error:
+            raise CheckpointError(f"cannot read {file}: {error.strerror or error}") from None
+        try:
+            header = json.loads(raw)
+        except ValueError:  # not JSON, or not UTF-8
+            raise CheckpointError(f"{file} is not a safetensors file: its header is not JSON") from None
+        for key, info in validate_header(file, header, 8 + length, size).items():
+            if key in infos:
+                raise CheckpointError(f"the tensor {key!r} is in both {infos[key].file.name} and {file.name}")
+            infos[key] = info
     return infos
+
+
+def validate_header(file: Path, header, data_start: int, file_size: int) -> "OrderedDict[str, TensorInfo]":
+    """The tensors of a parsed safetensors header, in offset order, refused (`CheckpointError`) unless every entry
+    has a known dtype, a shape and offsets whose bytes are shape x dtype, and the offsets tile the data after the
+    header exactly: from 0, contiguous, non-overlapping, ending at the end of the file."""
+
+    def corrupt(problem: str) -> CheckpointError:
+        return CheckpointError(f"{file} is corrupt: {problem}")
+
+    if not isinstance(header, dict):
+        raise corrupt("its header is not a JSON object")
+    entries = []
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise corrupt(f"the header entry of {key!r} is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in _DTYPE_BITS:
+            raise corrupt(f"{key!r} has an unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise corrupt(f"{key!r} has no valid shape (a list of sizes), it has {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+            raise corrupt(f"{key!r} has no valid data_offsets (a pair [begin, end]), it has {offsets!r}")
+        begin, end = offsets
+        if end < begin:
+            raise corrupt(f"{key!r} has data_offsets that end before they begin: {offsets}")
+        bits = numel(tuple(shape)) * _DTYPE_BITS[dtype]
+        if bits % 8 or bits // 8 != end - begin:
+            raise corrupt(
+                f"{key!r} is {dtype} of shape {shape}, {bits / 8:g} bytes, but its data_offsets span {end - begin} "
+                "bytes"
+            )
+        entries.append((begin, end, key, dtype, tuple(shape)))
+    entries.sort()
+    for (_, end, previous, *_), (begin, _, key, *_) in zip(entries[:-1], entries[1:], strict=True):  # overlaps first
+        if begin < end:
+            raise corrupt(f"the bytes of {key!r} overlap those of {previous!r} (data_offsets)")
+    infos: OrderedDict[str, TensorInfo] = OrderedDict()
+    position, previous = 0, None
+    for begin, end, key, dtype, shape in entries:
+        if begin > position:
+            after = f"after {previous!r}" if previous is not None else "at the start of the data"
+            raise corrupt(f"{begin - position} bytes {after} belong to no tensor: its data_offsets are not contiguous")
+        infos[key] = TensorInfo(file, dtype, shape, data_start + begin, end - begin)
+        position, previous = end, key
+    if data_start + position != file_size:
+        raise CheckpointError(f"{file} is truncated or corrupt: its size does not match its safetensors header")
+    return infos
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class Reader:
@@ -249,4 +350,5 @@ __all__ = [
     "parse_size",
     "read_headers",
     "safetensors_files",
+    "validate_header",
 ]

@@ -1,4 +1,5 @@
-"""Uptraining support: training hooks, summarization data, ROUGE, evaluation, checkpoints, LoRA and run logs.
+"""Uptraining support: training hooks, summarization data, ROUGE, evaluation, checkpoints, LoRA, distillation and run
+logs.
 
 The recipes in `recipes/` are thin scripts over these. Everything but `hooks` needs the `recipes` extra
 (`pip install 'hf-gqa[recipes]'`: accelerate, datasets, rouge-score, peft); those imports happen on first use.
@@ -6,7 +7,16 @@ The recipes in `recipes/` are thin scripts over these. Everything but `hooks` ne
 
 from ..variants.routed import DGQAReallocate, dgqa_modules
 from ..variants.simgqa import SimGQARegroup, regroup_heads_
-from .checkpoint import HookStates, Progress, list_checkpoints, resolve_resume, save_checkpoint, seed_micro_step
+from .checkpoint import (
+    HookStates,
+    Progress,
+    check_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+    seed_micro_step,
+)
 from .data import (
     DEFAULT_PROMPT_TEMPLATE,
     KNOWN_DATASETS,
@@ -18,6 +28,7 @@ from .data import (
     tokenize_summarization,
     write_jsonl,
 )
+from .distill import DistillLoss, distillation_kl, distillation_loss, load_teacher, teacher_logits
 from .evaluation import decode_throughput, evaluate_summarization
 from .hooks import HookCallback, TrainingHook, TrainingState, run_hooks
 from .lora import apply_lora, lora_targets, merge_lora, register_peft_defaults
@@ -30,6 +41,7 @@ from .model import (
     grouped_kv_modules,
     load_for_uptraining,
     parse_hook_spec,
+    resolve_hook,
     trainable_parameters,
 )
 from .rouge import ROUGE_KEYS, compute_rouge, rouge_per_example, sentences_per_line, split_sentences
@@ -54,9 +66,13 @@ __all__ = [
     "aclsum_dir",
     "apply_lora",
     "build_hooks",
+    "check_checkpoint",
     "default_hooks",
     "compute_rouge",
     "decode_throughput",
+    "DistillLoss",
+    "distillation_kl",
+    "distillation_loss",
     "describe_model",
     "detokenize",
     "evaluate_summarization",
@@ -64,12 +80,15 @@ __all__ = [
     "freeze_relative_attention_bias",
     "grouped_kv_modules",
     "list_checkpoints",
+    "load_checkpoint",
     "load_for_uptraining",
     "load_summarization_splits",
+    "load_teacher",
     "lora_targets",
     "merge_lora",
     "parse_hook_spec",
     "register_peft_defaults",
+    "resolve_hook",
     "resolve_resume",
     "rouge_per_example",
     "run_hooks",
@@ -77,6 +96,7 @@ __all__ = [
     "seed_micro_step",
     "sentences_per_line",
     "split_sentences",
+    "teacher_logits",
     "tokenize_summarization",
     "trainable_parameters",
     "write_jsonl",

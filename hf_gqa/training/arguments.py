@@ -7,6 +7,7 @@ The conversion fields (`convert_variant`, `groups`, `convert_init`, ...) are gen
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from ..core.options import Option, load_yaml_mapping
 from ..errors import HfGqaError
 from ..spec import OPTIONS
 from .data import DEFAULT_PROMPT_TEMPLATE
-from .model import parse_hook_spec
+from .distill import TEACHER_DTYPES
+from .model import resolve_hook
 
 DESCRIPTION = "Uptrain a grouped-query-attention model on summarization, with Accelerate, and score it with ROUGE."
 
@@ -89,6 +91,22 @@ class _RunArguments:
     lora_r: int = _help("LoRA rank on attention and MLP projections (0: full uptraining)", default=0)
     lora_alpha: int | None = _help("LoRA scaling numerator (default: 2 x rank)", default=None)
     lora_dropout: float = _help("LoRA dropout", default=0.0)
+    distill: bool = _help(
+        "distillation uptraining: a frozen teacher, the source before --convert-variant converts it (or "
+        "--teacher-name-or-path), guides the student: loss = a * CE + (1 - a) * T^2 * KL(teacher || student) over the "
+        "label positions, a = --distill-alpha, T = --distill-temperature",
+        default=False,
+    )
+    teacher_name_or_path: str | None = _help(
+        "with --distill: the teacher checkpoint (default: --model-name-or-path as it is, before conversion); it "
+        "needs the student's tokenizer",
+        default=None,
+    )
+    distill_alpha: float = _help("with --distill: the weight of the cross-entropy (a, in [0, 1])", default=0.5)
+    distill_temperature: float = _help("with --distill: the softmax temperature T of the KL term", default=2.0)
+    teacher_dtype: str | None = _help(
+        "with --distill: the teacher's dtype, bfloat16, float16 or float32 (default: the student's)", default=None
+    )
     # --- evaluation, checkpoints, logs -----------------------------------------------------------------------------
     eval_steps: int = _help("evaluate every N optimizer steps (0: only at the end)", default=0)
     num_beams: int = _help("beam size in generation (1: greedy)", default=1)
@@ -98,6 +116,11 @@ class _RunArguments:
     checkpointing_steps: int = _help("save a checkpoint every N optimizer steps (0: none)", default=500)
     checkpoints_total_limit: int | None = _help("keep only the newest N checkpoints", default=2)
     resume_from_checkpoint: str | None = _help("a checkpoint folder, or 'latest' (start afresh if none)", default=None)
+    trust_checkpoint: bool = _help(
+        "resume from a checkpoint folder hf-gqa would refuse for its pickles (e.g. one written by an older hf-gqa): "
+        "its files are then loaded as pickles, which can run code, so only for folders you trust",
+        default=False,
+    )
     logging_steps: int = _help("log the mean loss every N optimizer steps", default=10)
     tensorboard: bool = _help("also log to TensorBoard when it is installed", default=True)
     run_name: str | None = _help("a label for reports (default: the variant)", default=None)
@@ -168,6 +191,10 @@ def parse_args(argv: list[str] | None = None) -> UptrainArguments:
                 values[key] = [values[key]]
         parser.set_defaults(**values)
     (args,) = parser.parse_args_into_dataclasses(args=rest)
+    for field_ in dataclasses.fields(args):  # paths from YAML or the command line: `~` is the home folder
+        value = getattr(args, field_.name)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, field_.name, os.path.expanduser(value))
     return args
 
 
@@ -186,12 +213,32 @@ def check_args(args: UptrainArguments) -> None:
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(args, name) < 1:
             raise HfGqaError(f"--{name.replace('_', '-')} must be at least 1")
+    _check_distill(args)
     for spec in args.hooks or []:
-        parse_hook_spec(spec)
+        resolve_hook(spec)  # the class is checked before anything is built, and nothing is called yet
     for name in ("train_file", "validation_file"):
         path = getattr(args, name)
         if path and not any(c in path for c in "*?[") and not Path(path).is_file():
             raise HfGqaError(f"--{name.replace('_', '-')} {path!r}: no such file")
+
+
+def _check_distill(args: UptrainArguments) -> None:
+    if not args.distill:
+        for name in ("teacher_name_or_path", "teacher_dtype"):
+            if getattr(args, name) is not None:
+                raise HfGqaError(f"--{name.replace('_', '-')} needs --distill")
+        return
+    if not (args.convert_variant or args.teacher_name_or_path):
+        raise HfGqaError(
+            "--distill needs a teacher: give --convert-variant (the source before conversion is the teacher) or "
+            "--teacher-name-or-path"
+        )
+    if not 0 <= args.distill_alpha <= 1:
+        raise HfGqaError(f"--distill-alpha must be in [0, 1], got {args.distill_alpha}")
+    if not args.distill_temperature > 0:
+        raise HfGqaError(f"--distill-temperature must be positive, got {args.distill_temperature}")
+    if args.teacher_dtype is not None and args.teacher_dtype not in TEACHER_DTYPES:
+        raise HfGqaError(f"--teacher-dtype {args.teacher_dtype!r}: choose {', '.join(TEACHER_DTYPES)}")
 
 
 __all__ = [

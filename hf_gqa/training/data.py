@@ -80,9 +80,71 @@ def _load_file(path: str, cache_dir: str | None):
     suffix = next((s for s in LOCAL_FORMATS if str(path).endswith(s)), None)
     if suffix is None:
         raise HfGqaError(f"data file {path!r}: expected one of {', '.join(LOCAL_FORMATS)}")
-    if not any(c in str(path) for c in "*?[") and not Path(path).is_file():
+    pattern = any(c in str(path) for c in "*?[")
+    if not pattern and not Path(path).is_file():
         raise HfGqaError(f"no data file at {path!r}")
-    return _datasets().load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train", cache_dir=cache_dir)
+    if not pattern and Path(path).stat().st_size == 0:
+        raise HfGqaError(f"data file {path!r} is empty")
+    try:
+        return _datasets().load_dataset(
+            LOCAL_FORMATS[suffix], data_files=str(path), split="train", cache_dir=cache_dir
+        )
+    except HfGqaError:
+        raise
+    except Exception as error:  # whatever `datasets` or its readers raise: the file is at fault
+        raise HfGqaError(_unreadable(path, LOCAL_FORMATS[suffix], error, pattern)) from None
+
+
+def _unreadable(path: str, kind: str, error: BaseException, pattern: bool) -> str:
+    """One line on why `datasets` could not read a data file (it wraps the reader's error in its own)."""
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        line = None if pattern else _first_non_utf8_line(Path(path))
+        return f"data file {path!r} is not UTF-8 text" + (f" (line {line})" if line else "")
+    if isinstance(cause, StopIteration) or "corresponds to no data" in str(cause):
+        return f"data file {path!r} holds no examples"
+    message = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return f"data file {path!r}: cannot read it as {kind}: {message}"
+
+
+def _first_non_utf8_line(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
+
+
+def _check_text_column(dataset, column: str, where: str) -> None:
+    """A column of text: a string in every row (no number, list or null); the first offending row is named."""
+    feature = dataset.features[column]
+    dtype = getattr(feature, "dtype", None)
+    if dtype == "null":
+        raise HfGqaError(f"{where}: column {column!r} holds no text (null in every row)")
+    if type(feature).__name__ != "Value" or dtype not in ("string", "large_string"):
+        kind = dtype or type(feature).__name__
+        for row, value in enumerate(dataset.select_columns([column])[column], 1):
+            if not isinstance(value, str):
+                got = "null" if value is None else f"{type(value).__name__} {value!r:.40}"
+                raise HfGqaError(f"{where}: row {row}: {column!r} is not text ({got}; the column holds {kind})")
+        raise HfGqaError(f"{where}: column {column!r} is not text ({kind})")
+    values = dataset.data.column(column)
+    if values.null_count:
+        row = values.is_null().to_pylist().index(True) + 1
+        raise HfGqaError(f"{where}: row {row} has no {column!r} (missing or null)")
+    start = 0
+    for chunk in values.chunks:  # Arrow's JSON reader takes bytes that are not UTF-8 into string columns
+        try:
+            chunk.validate(full=True)
+        except Exception as error:  # pyarrow.ArrowInvalid, with the offending string's index
+            found = re.search(r"string index (\d+)", str(error))
+            row = f"row {start + int(found[1]) + 1}: " if found else ""
+            raise HfGqaError(f"{where}: {row}{column!r} is not UTF-8 text") from None
+        start += len(chunk)
 
 
 def _normalise(dataset, text_column: str, summary_column: str, where: str):
@@ -92,6 +154,8 @@ def _normalise(dataset, text_column: str, summary_column: str, where: str):
             f"{where} has no column {missing[0]!r}; its columns: {', '.join(dataset.column_names)} "
             "(choose with --text-column / --summary-column)"
         )
+    for column in dict.fromkeys((text_column, summary_column)):
+        _check_text_column(dataset, column, where)
     dataset = dataset.select_columns([text_column, summary_column])
     renames = {c: n for c, n in ((text_column, "text"), (summary_column, "summary")) if c != n}
     return dataset.rename_columns(renames) if renames else dataset
@@ -143,6 +207,8 @@ def load_summarization_splits(
         dataset = _normalise(dataset, text, summary, where)
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))
+        if len(dataset) == 0:
+            raise HfGqaError(f"{where} holds no examples" + (f" (--max-{key}-samples {limit})" if limit == 0 else ""))
         splits[key] = dataset
     return splits
 

@@ -3,7 +3,8 @@
 `train` builds the run (model, tokenizer, hooks, data, optimizer, schedule), resumes it from a checkpoint when asked,
 trains, evaluates every `eval_steps` and at the end, and saves the model in its inference form with its results.
 A resumed run repeats the losses of an uninterrupted one: the data order, the dropout seeds (per micro-step) and the
-hooks' states are part of the checkpoint.
+hooks' states are part of the checkpoint. With `--distill`, a frozen teacher (`run.teacher`, see distill.py) adds its
+KL term to each micro-batch's loss, and the log records the CE and KL parts (`ce_loss`, `kl_loss`).
 """
 
 import dataclasses
@@ -20,10 +21,11 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..core.hooks import TrainingState, run_hooks
 from .arguments import UptrainArguments, check_args
-from .checkpoint import HookStates, Progress, resolve_resume, save_checkpoint, seed_micro_step
+from .checkpoint import Progress, load_checkpoint, resolve_resume, save_checkpoint, seed_micro_step
 from .data import (
     write_jsonl,
 )
+from .distill import distillation_loss, teacher_logits
 from .evaluation import decode_throughput, evaluate_summarization
 from .lora import merge_lora
 from .model import (
@@ -41,7 +43,7 @@ def train(args: UptrainArguments) -> dict:
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision
     )
-    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir, trust=args.trust_checkpoint)
     output_dir = check_output_dir(args, resume is not None)
     set_seed(args.seed)
     run = build_run(args, accelerator, output_dir)
@@ -66,9 +68,9 @@ def _start(run: Run, resume: Path | None) -> None:
     """Load the checkpoint to resume from, start the hooks and the log, and describe the run."""
     accelerator = run.accelerator
     run.progress = Progress()
-    accelerator.register_for_checkpointing(run.progress, HookStates(run.hooks))
-    if resume is not None:
-        accelerator.load_state(str(resume))
+    if resume is not None:  # hf-gqa loads the checkpoint itself: no pickle unless trusted (see checkpoint.py)
+        parts = (run.model, run.optimizer, run.scheduler, run.progress, run.hooks)
+        load_checkpoint(accelerator, resume, *parts, trust=run.args.trust_checkpoint)
         accelerator.print(f"resumed from {resume} at step {run.progress.step}")
     # After a resume, hooks restore what lives outside the weights (e.g. T5 SimGQA's per-layer bias order).
     run_hooks(run.hooks, _hook_state(run), "on_train_begin")
@@ -103,6 +105,9 @@ def _describe_run(run: Run) -> dict:
         "trainable_parameters": trainable,
         "parameters": total,
     }
+    if run.teacher is not None:
+        resolved["teacher"] = args.teacher_name_or_path or args.model_name_or_path
+        resolved["teacher_dtype"] = str(run.teacher.dtype).removeprefix("torch.")
     if accelerator.is_main_process:
         (run.output_dir / "run_args.json").write_text(
             json.dumps({"args": dataclasses.asdict(args), "resolved": resolved}, indent=2) + "\n", encoding="utf-8"
@@ -158,7 +163,10 @@ def _micro_step(run: Run, loop: Loop, batch: dict) -> None:
     args, accelerator, model = run.args, run.accelerator, run.model
     seed_micro_step(args.seed, run.progress.micro_step, accelerator.process_index)
     with accelerator.accumulate(model):
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        loss = outputs.loss
+        if run.teacher is not None:
+            loss = _distill(run, loop, outputs, batch)
         accelerator.backward(loss)
         if accelerator.sync_gradients and args.max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -172,6 +180,27 @@ def _micro_step(run: Run, loop: Loop, batch: dict) -> None:
     loop.window["samples"] += batch["input_ids"].shape[0]
 
 
+def _distill(run: Run, loop: Loop, outputs, batch: dict) -> torch.Tensor:
+    """The distillation loss of a micro-batch (distill.py); its CE and KL parts are summed for the log."""
+    args = run.args
+    with run.accelerator.autocast():
+        target = teacher_logits(run.teacher, batch)
+    parts = distillation_loss(
+        outputs.loss,
+        outputs.logits,
+        target,
+        batch["labels"],
+        alpha=args.distill_alpha,
+        temperature=args.distill_temperature,
+        shift=not run.is_encoder_decoder,
+    )
+    if loop.step_ce is None:
+        loop.step_ce, loop.step_kl = torch.zeros_like(loop.step_loss), torch.zeros_like(loop.step_loss)
+    loop.step_ce += parts.ce.detach().float()
+    loop.step_kl += parts.kl.detach().float()
+    return parts.loss
+
+
 def _tokens(batch: dict, is_encoder_decoder: bool) -> torch.Tensor:
     tokens = batch["attention_mask"].sum()
     return tokens + (batch["labels"] != -100).sum() if is_encoder_decoder else tokens
@@ -183,6 +212,11 @@ def _optimizer_step_done(run: Run, loop: Loop) -> None:
     progress.step += 1
     mean_loss = accelerator.reduce(loop.step_loss / loop.step_micro, reduction="mean").item()
     loop.step_loss.zero_()
+    if loop.step_ce is not None:
+        ce, kl = accelerator.reduce(torch.stack([loop.step_ce, loop.step_kl]) / loop.step_micro, "mean").tolist()
+        progress.ce_sum, progress.kl_sum = progress.ce_sum + ce, progress.kl_sum + kl
+        loop.step_ce.zero_()
+        loop.step_kl.zero_()
     loop.step_micro = 0
     progress.loss_sum += mean_loss
     progress.loss_steps += 1
@@ -196,7 +230,8 @@ def _optimizer_step_done(run: Run, loop: Loop) -> None:
         run.logger.log("eval", progress.step, **metrics)
         accelerator.print(_metrics_line(progress.step, metrics))
     if args.checkpointing_steps and progress.step % args.checkpointing_steps == 0:
-        save_checkpoint(accelerator, run.output_dir, progress.step, args.checkpoints_total_limit)
+        limit = args.checkpoints_total_limit
+        save_checkpoint(accelerator, run.output_dir, progress.step, limit, progress=progress, hooks=run.hooks)
 
 
 def _log_train(run: Run, loop: Loop) -> None:
@@ -212,6 +247,9 @@ def _log_train(run: Run, loop: Loop) -> None:
         "samples_per_second": samples / elapsed,
         "tokens_per_second": tokens / elapsed,
     }
+    if run.teacher is not None:  # the two parts: loss = distill_alpha * ce_loss + (1 - distill_alpha) * kl_loss
+        record.update(ce_loss=progress.ce_sum / progress.loss_steps, kl_loss=progress.kl_sum / progress.loss_steps)
+        progress.ce_sum, progress.kl_sum = 0.0, 0.0
     run.logger.log("train", progress.step, **record)
     loop.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:,.0f}")
     progress.loss_sum, progress.loss_steps = 0.0, 0

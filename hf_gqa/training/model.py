@@ -91,7 +91,8 @@ HOOK_NAMESPACES = ("hf_gqa.training", "hf_gqa")
 def parse_hook_spec(spec: str) -> tuple[str | None, str, dict]:
     """`"module.path:Class(key=value, ...)"` (module optional) -> (module, class name, keyword arguments).
 
-    Values are Python literals. Without a module, the class is looked up in `hf_gqa.training`, then `hf_gqa`.
+    Values are Python literals (`ast.literal_eval`; nothing is evaluated). Without a module, the class is looked up
+    in `hf_gqa.training`, then `hf_gqa`.
     """
     match = _HOOK.match(spec)
     if not match:
@@ -102,34 +103,50 @@ def parse_hook_spec(spec: str) -> tuple[str | None, str, dict]:
             call = ast.parse(f"f({match['args']})", mode="eval").body
             if call.args:
                 raise ValueError("positional arguments")
-            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
-        except (SyntaxError, ValueError) as error:
+            for keyword in call.keywords:
+                if keyword.arg is None:
+                    raise ValueError("** arguments")
+                if keyword.arg in kwargs:
+                    raise ValueError(f"{keyword.arg} given twice")
+                kwargs[keyword.arg] = ast.literal_eval(keyword.value)
+        except (SyntaxError, ValueError, TypeError) as error:
             raise HfGqaError(f"hook {spec!r}: arguments must be key=literal pairs ({error})") from None
     return match["module"], match["name"], kwargs
 
 
+def resolve_hook(spec: str) -> tuple[type[TrainingHook], dict]:
+    """The hook class a spec names and its keyword arguments, without calling anything: the class must be a
+    `TrainingHook` subclass (`hf_gqa.core.hooks`), so a spec such as `subprocess:run(args=..., shell=True)` is refused
+    before it runs. The spec's module is imported, as any Python import: name only modules you trust."""
+    module_name, name, kwargs = parse_hook_spec(spec)
+    cls = None
+    for candidate in [module_name] if module_name else HOOK_NAMESPACES:
+        try:
+            module = importlib.import_module(candidate)
+        except ImportError as error:
+            raise HfGqaError(f"hook {spec!r}: cannot import {candidate!r}: {error}") from None
+        cls = getattr(module, name, None)
+        if cls is not None:
+            break
+    if cls is None:
+        raise HfGqaError(f"hook {spec!r}: no class {name!r} in {module_name or ' or '.join(HOOK_NAMESPACES)}")
+    if not (isinstance(cls, type) and issubclass(cls, TrainingHook)):
+        raise HfGqaError(
+            f"hook {spec!r}: {name} is not a training hook (a subclass of hf_gqa.training.TrainingHook); "
+            "nothing was called"
+        )
+    return cls, kwargs
+
+
 def build_hooks(specs: list[str] | None) -> list[TrainingHook]:
-    """Instantiate training hooks from their specs (see `parse_hook_spec`)."""
+    """Instantiate training hooks from their specs (see `parse_hook_spec` and `resolve_hook`)."""
     hooks = []
     for spec in specs or []:
-        module_name, name, kwargs = parse_hook_spec(spec)
-        cls = None
-        for candidate in [module_name] if module_name else HOOK_NAMESPACES:
-            try:
-                cls = getattr(importlib.import_module(candidate), name, None)
-            except ImportError as error:
-                raise HfGqaError(f"hook {spec!r}: cannot import {candidate!r}: {error}") from None
-            if cls is not None:
-                break
-        if cls is None:
-            raise HfGqaError(f"hook {spec!r}: no class {name!r} in {module_name or ' or '.join(HOOK_NAMESPACES)}")
+        cls, kwargs = resolve_hook(spec)
         try:
-            hook = cls(**kwargs)
+            hooks.append(cls(**kwargs))
         except TypeError as error:
             raise HfGqaError(f"hook {spec!r}: {error}") from None
-        if not callable(getattr(hook, "on_step_end", None)):
-            raise HfGqaError(f"hook {spec!r}: {name} is not a training hook (no on_step_end)")
-        hooks.append(hook)
     return hooks
 
 
@@ -198,5 +215,6 @@ __all__ = [
     "grouped_kv_modules",
     "load_for_uptraining",
     "parse_hook_spec",
+    "resolve_hook",
     "trainable_parameters",
 ]

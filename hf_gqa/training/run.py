@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from ..errors import HfGqaError
+from ..io.output import check_output_safe
 from ..io.sources import load_tokenizer
 from .arguments import UptrainArguments, conversion_options
 from .checkpoint import Progress
@@ -24,6 +25,7 @@ from .data import (
     load_summarization_splits,
     tokenize_summarization,
 )
+from .distill import load_teacher
 from .lora import apply_lora
 from .model import (
     build_hooks,
@@ -68,6 +70,7 @@ class Run:
     logger: RunLogger | None = None
     resolved: dict = field(default_factory=dict)
     generation_kwargs: dict = field(default_factory=dict)
+    teacher: Any = None  # with --distill: the frozen teacher (distill.py), on this process's device, not prepared
 
 
 def new_window() -> dict:
@@ -81,12 +84,22 @@ class Loop:
     step_loss: torch.Tensor
     bar: Any
     step_micro: int = 0
+    step_ce: torch.Tensor | None = None  # with --distill: the step's CE and T^2 * KL parts
+    step_kl: torch.Tensor | None = None
     window: dict = field(default_factory=new_window)
 
 
 def check_output_dir(args: UptrainArguments, resuming: bool) -> Path:
-    """Refuse a non-empty output folder unless the run resumes there or may overwrite it (nothing written yet)."""
-    output_dir = Path(args.output_dir)
+    """Refuse a non-empty output folder unless the run resumes there or may overwrite it (nothing written yet); and,
+    whatever the options, the working directory, home, root or a folder above them, an output that is the model,
+    its tokenizer or the checkpoint to resume from, or one whose `model/` or `checkpoints/` (written over, removed
+    by --overwrite-output-dir) holds the model or tokenizer. Returns the folder, `~` expanded."""
+    output_dir = Path(args.output_dir).expanduser()
+    models = {"the model": args.model_name_or_path, "the tokenizer": args.tokenizer_name}
+    models["the teacher"] = args.teacher_name_or_path if args.distill else None
+    check_output_safe(output_dir, models, replaced=("model", "checkpoints"))
+    if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":  # it belongs in OUT/checkpoints
+        check_output_safe(output_dir, {"the checkpoint to resume from": args.resume_from_checkpoint}, replaced=())
     busy = output_dir.is_dir() and any(output_dir.iterdir())
     if busy and not resuming and args.resume_from_checkpoint != "latest" and not args.overwrite_output_dir:
         raise HfGqaError(
@@ -108,6 +121,7 @@ def build_run(args: UptrainArguments, accelerator: Accelerator, output_dir: Path
     """Model, hooks, data, optimizer and schedule, prepared by Accelerate. A resumed run rebuilds the same run and
     then loads the checkpoint's state (`_start`)."""
     model, tokenizer, is_encoder_decoder = _build_model(args)
+    teacher = _build_teacher(args, accelerator, model)
     hooks = build_hooks(args.hooks)
     hooks += default_hooks(model, hooks)  # e.g. DGQA's re-allocation, which a DGQA model needs
     data = _build_data(args, accelerator, tokenizer, is_encoder_decoder)
@@ -131,6 +145,7 @@ def build_run(args: UptrainArguments, accelerator: Accelerator, output_dir: Path
         steps_per_epoch=steps_per_epoch,
         max_train_steps=max_train_steps,
         num_epochs=num_epochs,
+        teacher=teacher,
     )
 
 
@@ -156,6 +171,15 @@ def _build_model(args: UptrainArguments) -> tuple[Any, Any, bool]:
     if args.lora_r:
         model = apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
     return model, tokenizer, is_encoder_decoder
+
+
+def _build_teacher(args: UptrainArguments, accelerator: Accelerator, model):
+    """With --distill, the frozen teacher (`distill.load_teacher`), loaded anew so it shares nothing with the
+    student, on this process's device: it has no gradients, so no DDP wrapping."""
+    if not args.distill:
+        return None
+    teacher = load_teacher(args.teacher_name_or_path or args.model_name_or_path, model, dtype=args.teacher_dtype)
+    return teacher.to(accelerator.device)
 
 
 def _build_data(args: UptrainArguments, accelerator: Accelerator, tokenizer, is_encoder_decoder: bool) -> RunData:

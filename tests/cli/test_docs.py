@@ -1,5 +1,5 @@
-"""The docs name only flags and commands that exist: README.md, recipes/README.md, convert/README.md and CONTRIBUTING.md
-against `hf-gqa`'s parsers and the recipe's."""
+"""The docs name only flags and commands that exist: README.md, recipes/README.md, convert/README.md and
+CONTRIBUTING.md against `hf-gqa`'s parsers and the recipe's."""
 
 import argparse
 import re

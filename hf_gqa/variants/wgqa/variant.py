@@ -104,7 +104,22 @@ class WGQA(Variant):
             ops[mixer] = TensorOp((key,), make_mixer)
         return ops
 
+    def check_dtype(self, spec, config: dict) -> None:
+        """Refuse a `--weights-init` the checkpoint's dtype (the output's, `config["dtype"]`) cannot hold."""
+        value = self.init_value(spec)
+        name = str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+        dtype = getattr(torch, name, None)
+        if value is None or not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            return
+        largest = torch.finfo(dtype).max
+        if abs(value) > largest:
+            raise HfGqaError(
+                f"--weights-init {value:g} does not fit the model's dtype {name} (largest {largest:g}): its weights "
+                "would be infinite"
+            )
+
     def target_config(self, family, config, kv_heads, provenance, spec) -> dict:
+        self.check_dtype(spec, config)
         target = super().target_config(family, config, kv_heads, provenance, spec)
         source_heads = {kind: before for kind, (before, _) in kv_heads.items()}
         return family.form_config(

@@ -1,0 +1,80 @@
+"""The calibration options (`--calibration-*`), declared once: CLI flags, `--config` keys, recipe fields and
+`hf_gqa.convert` keywords come from here. They apply to `--init activation` and `--init calibrated`."""
+
+from dataclasses import dataclass
+
+from ..core.options import option
+from ..errors import HfGqaError
+
+# The inits that need calibration text, besides the tensor inits of `hf_gqa.core.grouping.KV_INITS`.
+CALIBRATION_INITS = ("activation", "calibrated")
+# Where the effective defaults live (the declared defaults are None: "not set").
+DEFAULTS = {"calibration_samples": 32, "calibration_seq_len": 256, "calibration_steps": 150, "calibration_lr": 3e-3}
+VARIANTS = ("gqa", "mqa")
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    calibration_data: str | None = option(
+        help="--init activation/calibrated: text to calibrate on: a local .txt (one text per line), .jsonl/.json "
+        "(a 'text' field), .csv or .parquet (a 'text' column) file, or 'aclsum' (the PyPI package's train split)",
+        type=str,
+        metavar="DATA",
+        variants=VARIANTS,
+    )
+    calibration_samples: int | None = option(
+        help="--init activation/calibrated: sequences of calibration text "
+        f"(default: {DEFAULTS['calibration_samples']})",
+        type=int,
+        metavar="N",
+        variants=VARIANTS,
+    )
+    calibration_seq_len: int | None = option(
+        help=f"--init activation/calibrated: tokens per sequence (default: {DEFAULTS['calibration_seq_len']})",
+        type=int,
+        metavar="T",
+        variants=VARIANTS,
+    )
+    calibration_steps: int | None = option(
+        help="--init calibrated: Adam steps per attention block fitting its output to the source block's "
+        f"(default: {DEFAULTS['calibration_steps']})",
+        type=int,
+        metavar="S",
+        variants=VARIANTS,
+    )
+    calibration_lr: float | None = option(
+        help=f"--init calibrated: the Adam learning rate (default: {DEFAULTS['calibration_lr']})",
+        type=float,
+        metavar="LR",
+        variants=VARIANTS,
+    )
+
+
+NAMES = ("calibration_data", "calibration_samples", "calibration_seq_len", "calibration_steps", "calibration_lr")
+
+
+def check_calibration(spec) -> None:
+    """Refuse, in one line, calibration options without a calibration init and a calibration init without data."""
+    if spec.init in CALIBRATION_INITS:
+        if spec.variant not in VARIANTS:
+            raise HfGqaError(f"--init {spec.init} applies to {' and '.join(VARIANTS)} only, not to {spec.variant!r}")
+        if spec.calibration_data is None:
+            raise HfGqaError(f"--init {spec.init} needs --calibration-data (a text file, or aclsum)")
+        for name in ("calibration_samples", "calibration_seq_len", "calibration_steps"):
+            value = getattr(spec, name)
+            if value is not None and value < 1:
+                raise HfGqaError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
+        if spec.calibration_lr is not None and not spec.calibration_lr > 0:
+            raise HfGqaError(f"--calibration-lr must be positive; got {spec.calibration_lr}")
+        return
+    named = [name for name in NAMES if getattr(spec, name) is not None]
+    if named:
+        raise HfGqaError(f"--{named[0].replace('_', '-')} applies to --init activation and calibrated only")
+
+
+def resolved(spec) -> dict:
+    """The calibration options of a spec, defaults filled in."""
+    return {name: getattr(spec, name) if getattr(spec, name) is not None else DEFAULTS.get(name) for name in NAMES}
+
+
+__all__ = ["CALIBRATION_INITS", "DEFAULTS", "CalibrationOptions", "check_calibration", "resolved"]

@@ -1,0 +1,178 @@
+"""Plain text from local files and from PyPI data packages (ACLSum), for calibration and evaluation."""
+
+import csv
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+from ..errors import HfGqaError
+
+
+def package_data_dir(package: str, install: str) -> Path:
+    """The folder of an installed data package, located without importing it (`install`: the pip command)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise HfGqaError(f"needs the PyPI package {package!r}: {install}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def detokenize(text: str) -> str:
+    """Undo PTB-style spacing (`word , word`, `( x )`, `do n't`), as in ACLSum's sentence lists."""
+    text = re.sub(r" ([.,;:!?%)\]}])", r"\1", text)
+    text = re.sub(r"([(\[{$]) ", r"\1", text)
+    text = re.sub(r" (n't|'s|'re|'ve|'ll|'d|'m)\b", r"\1", text)
+    return text.replace("`` ", '"').replace(" ''", '"').replace("-LRB- ", "(").replace(" -RRB-", ")")
+
+
+ACLSUM_SPLITS = {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl"}
+
+
+def aclsum_papers(split: str) -> list[str]:
+    """ACLSum's papers (abstract, introduction and conclusion sentences, detokenised), one string each."""
+    folder = package_data_dir("aclsum", "pip install --no-deps aclsum") / "dataset"
+    texts = []
+    with open(folder / ACLSUM_SPLITS[split], encoding="utf-8") as f:
+        for line in f:
+            sentences = json.loads(line)["sentences"]
+            parts = [
+                detokenize(s) for section in ("abstract", "introduction", "conclusion") for s in sentences[section]
+            ]
+            texts.append(" ".join(parts))
+    return texts
+
+
+def read_texts(source: str, column: str = "text") -> list[str]:
+    """Texts from `source`: `aclsum` / `aclsum:SPLIT` (default train), or a local file: .txt (one text per non-empty
+    line), .jsonl / .json (a `column` field), .csv (a `column` column), .parquet (with `datasets`)."""
+    if source == "aclsum" or source.startswith("aclsum:"):
+        split = source.partition(":")[2] or "train"
+        if split not in ACLSUM_SPLITS:
+            raise HfGqaError(f"aclsum has the splits {', '.join(ACLSUM_SPLITS)}; got {split!r}")
+        return aclsum_papers(split)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise HfGqaError(f"text file {source!r} not found (a .txt, .jsonl, .json, .csv or .parquet file, or aclsum)")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".txt":
+            texts = [line.strip() for line in path.read_text("utf-8").splitlines()]
+        elif suffix in (".jsonl", ".json"):
+            raw = path.read_text("utf-8")
+            rows = (
+                json.loads(raw)
+                if suffix == ".json" and raw.lstrip().startswith("[")
+                else [json.loads(line) for line in raw.splitlines() if line.strip()]
+            )
+            texts = [_field(row, column, path, i) for i, row in enumerate(rows)]
+        elif suffix == ".csv":
+            with open(path, encoding="utf-8", newline="") as f:
+                texts = [_field(row, column, path, i) for i, row in enumerate(csv.DictReader(f))]
+        elif suffix == ".parquet":
+            try:
+                import datasets
+            except ImportError:
+                raise HfGqaError(f"{source!r}: reading parquet needs the package datasets") from None
+            table = datasets.Dataset.from_parquet(str(path))
+            if column not in table.column_names:
+                raise HfGqaError(f"{source!r} has no column {column!r} (columns: {', '.join(table.column_names)})")
+            texts = [_field({column: t}, column, path, i) for i, t in enumerate(table[column])]
+        else:
+            raise HfGqaError(f"{source!r}: unknown text file type {suffix!r} (.txt, .jsonl, .json, .csv, .parquet)")
+    except UnicodeDecodeError as error:
+        raise HfGqaError(f"{source!r} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise HfGqaError(f"{source!r}: not JSON lines ({error.msg}, line {error.lineno})") from None
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise HfGqaError(f"{source!r} holds no text")
+    return texts
+
+
+def _field(row, column: str, path: Path, index: int) -> str:
+    if not isinstance(row, dict) or column not in row:
+        raise HfGqaError(f"{str(path)!r}: record {index + 1} has no {column!r} field")
+    value = row[column]
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise HfGqaError(f"{str(path)!r}: record {index + 1}: {column!r} is {type(value).__name__}, not text")
+    return value
+
+
+ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
+
+
+def aclsum_summaries(split: str, aspect: str = "summary") -> list[str]:
+    """ACLSum's reference summaries, in the order of `aclsum_papers(split)`: one aspect (challenge, approach,
+    outcome), or `summary`, the three in that order."""
+    folder = package_data_dir("aclsum", "pip install --no-deps aclsum") / "dataset"
+    aspects = ACLSUM_ASPECTS if aspect == "summary" else (aspect,)
+    with open(folder / ACLSUM_SPLITS[split], encoding="utf-8") as f:
+        return [" ".join(json.loads(line)["summary"][a].strip() for a in aspects) for line in f]
+
+
+def read_pairs(source: str, text_column: str = "text", summary_column: str = "summary") -> list[tuple[str, str]]:
+    """(text, summary) pairs from `source`, for scoring summaries: `aclsum` / `aclsum:SPLIT` (each paper, as
+    `read_texts` gives it, and its `summary_column`: challenge, approach, outcome, or summary for the three), or a
+    .jsonl / .json / .csv / .parquet file with both fields. Rows where either is empty are left out."""
+    if source == "aclsum" or source.startswith("aclsum:"):
+        split = source.partition(":")[2] or "train"
+        if split not in ACLSUM_SPLITS:
+            raise HfGqaError(f"aclsum has the splits {', '.join(ACLSUM_SPLITS)}; got {split!r}")
+        if summary_column not in ("summary", *ACLSUM_ASPECTS):
+            raise HfGqaError(f"aclsum's summaries are summary, {', '.join(ACLSUM_ASPECTS)}; got {summary_column!r}")
+        pairs = list(zip(aclsum_papers(split), aclsum_summaries(split, summary_column), strict=True))
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise HfGqaError(f"data file {source!r} not found (a .jsonl, .json, .csv or .parquet file, or aclsum)")
+        rows = _records(path, source, (text_column, summary_column))
+        pairs = [
+            (_field(row, text_column, path, i), _field(row, summary_column, path, i)) for i, row in enumerate(rows)
+        ]
+    pairs = [(t, s) for t, s in pairs if t.strip() and s.strip()]
+    if not pairs:
+        raise HfGqaError(f"{source!r} holds no text with a summary")
+    return pairs
+
+
+def _records(path: Path, source: str, columns: tuple[str, ...]) -> list:
+    """The rows of a .jsonl / .json / .csv / .parquet file (a .parquet file's `columns` only)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".json"):
+            raw = path.read_text("utf-8")
+            if suffix == ".json" and raw.lstrip().startswith("["):
+                return json.loads(raw)
+            return [json.loads(line) for line in raw.splitlines() if line.strip()]
+        if suffix == ".csv":
+            with open(path, encoding="utf-8", newline="") as f:
+                return list(csv.DictReader(f))
+        if suffix == ".parquet":
+            try:
+                import datasets
+            except ImportError:
+                raise HfGqaError(f"{source!r}: reading parquet needs the package datasets") from None
+            table = datasets.Dataset.from_parquet(str(path))
+            missing = [c for c in columns if c not in table.column_names]
+            if missing:
+                raise HfGqaError(f"{source!r} has no column {missing[0]!r} (columns: {', '.join(table.column_names)})")
+            values = zip(*(table[c] for c in columns), strict=True)
+            return [dict(zip(columns, row, strict=True)) for row in values]
+    except UnicodeDecodeError as error:
+        raise HfGqaError(f"{source!r} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise HfGqaError(f"{source!r}: not JSON lines ({error.msg}, line {error.lineno})") from None
+    kind = "a .txt file has no summary field; " if suffix == ".txt" else f"unknown data file type {suffix!r} "
+    raise HfGqaError(f"{source!r}: {kind}(.jsonl, .json, .csv, .parquet with a text and a summary field)")
+
+
+__all__ = [
+    "aclsum_papers",
+    "aclsum_summaries",
+    "detokenize",
+    "package_data_dir",
+    "read_pairs",
+    "read_texts",
+]
