@@ -171,6 +171,18 @@ def activation_init(source, target, block: AttentionBlock, groups: int, moments:
         for j, r in zip(members, rs, strict=True):
             for i in readers[j]:
                 new_o[i] = o[i] @ r.T
+    # Balance the scales the compensations leave (exact: q.k and v o^T are unchanged) so that a later Adam step,
+    # the same size for every weight, moves the two sides alike.
+    for g in range(groups):
+        queries = [i for j in range(g * per_group, (g + 1) * per_group) for i in readers[j]]
+        s = (new_k[g].norm() / torch.stack([new_q[i].norm() for i in queries]).mean()).clamp_min(1e-12).sqrt()
+        new_k[g] = new_k[g] / s
+        for i in queries:
+            new_q[i] = new_q[i] * s
+        s = (new_v[g].norm() / torch.stack([new_o[i].norm() for i in queries]).mean()).clamp_min(1e-12).sqrt()
+        new_v[g] = new_v[g] / s
+        for i in queries:
+            new_o[i] = new_o[i] * s
     _write(modules["q"][1], torch.cat(new_q))
     _write(modules["k"][1], torch.cat(new_k))
     _write(modules["v"][1], torch.cat(new_v))

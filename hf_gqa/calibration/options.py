@@ -9,7 +9,7 @@ from ..errors import HfGqaError
 # The inits that need calibration text, besides the tensor inits of `hf_gqa.core.grouping.KV_INITS`.
 CALIBRATION_INITS = ("activation", "calibrated")
 # Where the effective defaults live (the declared defaults are None: "not set").
-DEFAULTS = {"calibration_samples": 32, "calibration_seq_len": 256, "calibration_steps": 150, "calibration_lr": 3e-3}
+DEFAULTS = {"calibration_samples": 32, "calibration_seq_len": 256, "calibration_steps": 60, "calibration_lr": 3e-3}
 VARIANTS = ("gqa", "mqa")
 
 

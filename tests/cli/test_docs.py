@@ -26,6 +26,8 @@ def _flags(parser: argparse.ArgumentParser) -> set[str]:
 
 def known_flags() -> set[str]:
     flags = _flags(build_parser())
+    for script in (REPO / "benchmarks").glob("*.py"):  # the benchmark scripts' own flags
+        flags |= set(re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", script.read_text()))
     try:
         from hf_gqa.training.arguments import build_parser as recipe_parser
     except ImportError:  # the recipes extra is not installed
