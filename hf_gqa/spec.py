@@ -47,7 +47,11 @@ class CommonOptions:
         choices=ATTENTION_KINDS,
         metavar="KIND",
     )
-    seed: int = option(0, help="seed of --init random and of randwgqa's weights, per tensor (default: 0)", type=int)
+    seed: int = option(
+        0,
+        help="seed of --init random, of randwgqa's weights (per tensor) and of the calibration text (default: 0)",
+        type=int,
+    )
 
 
 def _groups_for(self, kind: str) -> int | None:
