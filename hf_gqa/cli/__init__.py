@@ -15,7 +15,7 @@ from .. import report
 from .._version import __version__
 from ..errors import HfGqaError
 from ..io.output import Terminated, sigterm_as_interrupt
-from . import convert, demo, fold, info, listing
+from . import convert, demo, fold, info, listing, push
 from . import eval as eval_command
 from .convert import CONVERT_KEYS, load_convert_config
 
@@ -25,6 +25,7 @@ COMMANDS = {
     "fold": fold,
     "info": info,
     "eval": eval_command,
+    "push": push,
     "list": listing,
     "demo": demo,
     "report": report,
