@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, make_t5
+from helpers import one_error_line
+from helpers import run as run_cli
 
 import hf_gqa
 import hf_gqa.conversion.folder as folder_module
-from hf_gqa.cli import main
 from hf_gqa.conversion.folder import convert_to_folder, fold_to_folder
 from hf_gqa.errors import HfGqaError, OutputExistsError
 from hf_gqa.io.output import atomic_output_dir, check_output_dir
@@ -26,18 +27,6 @@ from hf_gqa.training import run as training_run
 from hf_gqa.training.arguments import UptrainArguments
 
 GQA2 = hf_gqa.GQASpec(groups=2)
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    errors = [line for line in err.splitlines() if line.startswith("hf-gqa: error:")]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    return errors[0]
 
 
 def snapshot(root: Path) -> dict:

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from conftest import make_t5
-from safetensors import safe_open
+from helpers import tensors
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
@@ -42,14 +42,6 @@ HEADS = {"seq": (LlamaForSequenceClassification, AutoModelForSequenceClassificat
 HEADS["tok"] = (LlamaForTokenClassification, AutoModelForTokenClassification)
 # Row 1 ends in padding: the sequence head reads its last non-padding token.
 IDS = torch.tensor([[5, 9, 14, 3, 22, 7, 31, 2], [4, 8, 15, 16, 23, 42 % 64, 0, 0]])
-
-
-def tensors(folder) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
 
 
 def convert(capsys, source, out, *argv):
