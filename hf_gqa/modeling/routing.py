@@ -24,9 +24,10 @@ whose outputs the output projection takes. The modes:
   takes every pair of gq query heads and gkv key/value heads; GKVA-g / MKVA share each of g (or 1) query heads among
   H key/value heads.
 
-Allocation (`allocate`): every group first gets one query head; the other H - G go in proportion to the min-max
-scaled statistic (largest remainder, ties to the lower group). Equal statistics (within a relative 1e-5) give
-equal groups (GQA).
+Allocation (`allocate`, routing key `allocation`): `balanced` (default, hf-gqa's): every group first gets one query
+head; the other H - G go in proportion to the min-max scaled statistic. `paper` (Khan et al.'s eq. 3): each group gets
+floor(H x its share of the scaled statistic), so a group may get none. Both place the heads the floor leaves over by
+largest remainder (ties to the lower group). Equal statistics (within a relative 1e-5) give equal groups (GQA).
 """
 
 import torch
@@ -36,13 +37,20 @@ ATTENTION_NAME = "hf_gqa_routed"
 MODES = ("kdgqa", "dgqa", "pgqa", "pairs")
 EVOLUTIONS = ("ema", "difference")
 STATISTICS = ("sample", "batch")
+ALLOCATIONS = ("balanced", "paper")
 
 
 @torch.no_grad()
-def allocate(scores: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Query heads per key/value head: `scores` (..., G) -> counts (..., G), each >= 1, summing to `num_heads`."""
+def allocate(scores: torch.Tensor, num_heads: int, rule: str = "balanced") -> torch.Tensor:
+    """Query heads per key/value head: `scores` (..., G) -> counts (..., G) summing to `num_heads`.
+
+    `balanced` (hf-gqa's): each group first gets one head, the other H - G go in proportion to the min-max scaled
+    scores. `paper` (Khan et al.'s eq. 3): floor(H * scaled / sum(scaled)), so a group may get none. Both place the
+    heads the floor leaves over by largest remainder, the lower group first among equals."""
     groups = scores.shape[-1]
-    if num_heads < groups:
+    if rule not in ALLOCATIONS:
+        raise ValueError(f"allocation rule must be one of {ALLOCATIONS}, got {rule!r}")
+    if rule == "balanced" and num_heads < groups:
         raise ValueError(f"cannot give each of {groups} key/value heads one of {num_heads} query heads")
     scores = scores.float()
     low, high = scores.amin(-1, keepdim=True), scores.amax(-1, keepdim=True)
@@ -51,7 +59,7 @@ def allocate(scores: torch.Tensor, num_heads: int) -> torch.Tensor:
     distinct = spread > 1e-5 * high.abs().clamp_min(torch.finfo(torch.float32).tiny)
     scaled = torch.where(distinct, (scores - low) / spread.clamp_min(torch.finfo(torch.float32).tiny), 1.0)
     share = scaled / scaled.sum(-1, keepdim=True)
-    spare = num_heads - groups
+    spare = num_heads - groups if rule == "balanced" else num_heads
     quota = share * spare
     counts = quota.floor()
     left = spare - counts.sum(-1, keepdim=True)  # heads still to place, < G
@@ -60,7 +68,7 @@ def allocate(scores: torch.Tensor, num_heads: int) -> torch.Tensor:
     order = torch.sort(-remainder, dim=-1, stable=True).indices
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(groups, device=order.device).expand_as(order))
     counts = counts + (rank < left).to(counts.dtype)
-    return (counts + 1).long()
+    return (counts + 1).long() if rule == "balanced" else counts.long()
 
 
 def head_index(counts: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -114,10 +122,11 @@ class HeadRouting(nn.Module):
         self.heads = int(spec["heads"])  # the source's query heads (kdgqa/dgqa/pgqa: the attention heads)
         self.q_heads, self.kv_heads = int(spec["q_heads"]), int(spec["kv_heads"])
         self.statistic = spec.get("statistic", "sample")
+        self.rule = spec.get("allocation", "balanced")
         self.window, self.alpha = int(spec.get("window", 300)), float(spec.get("alpha", 0.1))
         self.evolution = spec.get("evolution", "ema")
         self.noise_in_eval = bool(spec.get("noise_in_eval", False))
-        if self.statistic not in STATISTICS or self.evolution not in EVOLUTIONS:
+        if self.statistic not in STATISTICS or self.evolution not in EVOLUTIONS or self.rule not in ALLOCATIONS:
             raise ValueError(f"routing statistic/evolution must be in {STATISTICS}/{EVOLUTIONS}")
         if self.mode == "pairs":
             pairs = [tuple(int(x) for x in p) for p in spec["pairs"]]
@@ -180,7 +189,7 @@ class HeadRouting(nn.Module):
         stat = _mean_key_norms(key, seen)
         if self.training and self.statistic == "batch":
             stat = stat.mean(0, keepdim=True).expand_as(stat)
-        return head_index(allocate(stat, self.heads), self.heads)
+        return head_index(allocate(stat, self.heads, self.rule), self.heads)
 
     @torch.no_grad()
     def observe(self, key: torch.Tensor, seen: torch.Tensor) -> None:
@@ -204,7 +213,7 @@ class HeadRouting(nn.Module):
             cache = current
         self.norm_cache.copy_(cache)
         self.cache_filled.fill_(True)
-        self.allocation.copy_(allocate(importance, self.heads))
+        self.allocation.copy_(allocate(importance, self.heads, self.rule))
         self.norm_sum.zero_()
         self.norm_count.zero_()
         return True

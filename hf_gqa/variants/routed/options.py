@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from ...core.options import option
-from ...modeling.routing import EVOLUTIONS, STATISTICS
+from ...modeling.routing import ALLOCATIONS, EVOLUTIONS, STATISTICS
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,14 @@ class RoutedOptions:
         type=str,
         choices=STATISTICS,
         variants=("kdgqa",),
+    )
+    allocation: str | None = option(
+        help="kdgqa/dgqa: how key norms become query heads per group: balanced (default, ours: every group first gets "
+        "one head, the rest in proportion) or paper (Khan et al.'s eq. 3: floor of the proportional share, a group "
+        "may get none; heads the floor leaves over go by largest remainder)",
+        type=str,
+        choices=ALLOCATIONS,
+        variants=("kdgqa", "dgqa"),
     )
     window: int | None = option(
         help="dgqa: re-allocate query heads every N training steps (default: 300, the paper's)",

@@ -65,7 +65,11 @@ class KDGQA(_KeyRouted):
             raise HfGqaError(f"unknown --statistic {spec.statistic!r}; choose one of {', '.join(STATISTICS)}")
 
     def routing_spec(self, num_heads, kv_heads, spec) -> dict:
-        return dict(super().routing_spec(num_heads, kv_heads, spec), statistic=spec.statistic or "sample")
+        return dict(
+            super().routing_spec(num_heads, kv_heads, spec),
+            statistic=spec.statistic or "sample",
+            allocation=spec.allocation or "balanced",
+        )
 
 
 class DGQA(_KeyRouted):
@@ -88,6 +92,7 @@ class DGQA(_KeyRouted):
             window=spec.window or 300,
             alpha=0.1 if spec.ema_alpha is None else float(spec.ema_alpha),
             evolution=spec.evolution or "ema",
+            allocation=spec.allocation or "balanced",
         )
 
     def rewrites(self, current, new, spec=None) -> bool:
