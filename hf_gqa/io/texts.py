@@ -9,11 +9,12 @@ from pathlib import Path
 from ..errors import HfGqaError
 
 
-def package_data_dir(package: str, install: str) -> Path:
-    """The folder of an installed data package, located without importing it (`install`: the pip command)."""
+def package_data_dir(package: str, missing: str) -> Path:
+    """The folder of an installed package, located without importing it (some data packages' `__init__` needs
+    packages we do not use); `missing`: the one-line error when it is not installed (say how to install it)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise HfGqaError(f"needs the PyPI package {package!r}: {install}")
+        raise HfGqaError(missing)
     return Path(spec.submodule_search_locations[0])
 
 
@@ -30,9 +31,8 @@ ACLSUM_SPLITS = {"train": "train.jsonl", "validation": "val.jsonl", "test": "tes
 
 def aclsum_papers(split: str) -> list[str]:
     """ACLSum's papers (abstract, introduction and conclusion sentences, detokenised), one string each."""
-    folder = package_data_dir("aclsum", "pip install --no-deps aclsum") / "dataset"
     texts = []
-    with open(folder / ACLSUM_SPLITS[split], encoding="utf-8") as f:
+    with open(_aclsum_file(split), encoding="utf-8") as f:
         for line in f:
             sentences = json.loads(line)["sentences"]
             parts = [
@@ -46,47 +46,37 @@ def read_texts(source: str, column: str = "text") -> list[str]:
     """Texts from `source`: `aclsum` / `aclsum:SPLIT` (default train), or a local file: .txt (one text per non-empty
     line), .jsonl / .json (a `column` field), .csv (a `column` column), .parquet (with `datasets`)."""
     if source == "aclsum" or source.startswith("aclsum:"):
-        split = source.partition(":")[2] or "train"
-        if split not in ACLSUM_SPLITS:
-            raise HfGqaError(f"aclsum has the splits {', '.join(ACLSUM_SPLITS)}; got {split!r}")
+        split = _aclsum_split(source)
         return aclsum_papers(split)
     path = Path(source).expanduser()
     if not path.is_file():
         raise HfGqaError(f"text file {source!r} not found (a .txt, .jsonl, .json, .csv or .parquet file, or aclsum)")
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".txt":
+    if suffix not in (".txt", ".jsonl", ".json", ".csv", ".parquet"):
+        raise HfGqaError(f"{source!r}: unknown text file type {suffix!r} (.txt, .jsonl, .json, .csv, .parquet)")
+    if suffix == ".txt":
+        try:
             texts = [line.strip() for line in path.read_text("utf-8").splitlines()]
-        elif suffix in (".jsonl", ".json"):
-            raw = path.read_text("utf-8")
-            rows = (
-                json.loads(raw)
-                if suffix == ".json" and raw.lstrip().startswith("[")
-                else [json.loads(line) for line in raw.splitlines() if line.strip()]
-            )
-            texts = [_field(row, column, path, i) for i, row in enumerate(rows)]
-        elif suffix == ".csv":
-            with open(path, encoding="utf-8", newline="") as f:
-                texts = [_field(row, column, path, i) for i, row in enumerate(csv.DictReader(f))]
-        elif suffix == ".parquet":
-            try:
-                import datasets
-            except ImportError:
-                raise HfGqaError(f"{source!r}: reading parquet needs the package datasets") from None
-            table = datasets.Dataset.from_parquet(str(path))
-            if column not in table.column_names:
-                raise HfGqaError(f"{source!r} has no column {column!r} (columns: {', '.join(table.column_names)})")
-            texts = [_field({column: t}, column, path, i) for i, t in enumerate(table[column])]
-        else:
-            raise HfGqaError(f"{source!r}: unknown text file type {suffix!r} (.txt, .jsonl, .json, .csv, .parquet)")
-    except UnicodeDecodeError as error:
-        raise HfGqaError(f"{source!r} is not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except json.JSONDecodeError as error:
-        raise HfGqaError(f"{source!r}: not JSON lines ({error.msg}, line {error.lineno})") from None
+        except UnicodeDecodeError as error:
+            raise HfGqaError(f"{source!r} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    else:
+        texts = [_field(row, column, path, i) for i, row in enumerate(_records(path, source, (column,)))]
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise HfGqaError(f"{source!r} holds no text")
     return texts
+
+
+def _aclsum_split(source: str) -> str:
+    split = source.partition(":")[2] or "train"
+    if split not in ACLSUM_SPLITS:
+        raise HfGqaError(f"aclsum has the splits {', '.join(ACLSUM_SPLITS)}; got {split!r}")
+    return split
+
+
+def _aclsum_file(split: str) -> Path:
+    folder = package_data_dir("aclsum", "text 'aclsum' needs the PyPI package aclsum: pip install --no-deps aclsum")
+    return folder / "dataset" / ACLSUM_SPLITS[split]
 
 
 def _field(row, column: str, path: Path, index: int) -> str:
@@ -106,9 +96,8 @@ ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
 def aclsum_summaries(split: str, aspect: str = "summary") -> list[str]:
     """ACLSum's reference summaries, in the order of `aclsum_papers(split)`: one aspect (challenge, approach,
     outcome), or `summary`, the three in that order."""
-    folder = package_data_dir("aclsum", "pip install --no-deps aclsum") / "dataset"
     aspects = ACLSUM_ASPECTS if aspect == "summary" else (aspect,)
-    with open(folder / ACLSUM_SPLITS[split], encoding="utf-8") as f:
+    with open(_aclsum_file(split), encoding="utf-8") as f:
         return [" ".join(json.loads(line)["summary"][a].strip() for a in aspects) for line in f]
 
 
@@ -117,9 +106,7 @@ def read_pairs(source: str, text_column: str = "text", summary_column: str = "su
     `read_texts` gives it, and its `summary_column`: challenge, approach, outcome, or summary for the three), or a
     .jsonl / .json / .csv / .parquet file with both fields. Rows where either is empty are left out."""
     if source == "aclsum" or source.startswith("aclsum:"):
-        split = source.partition(":")[2] or "train"
-        if split not in ACLSUM_SPLITS:
-            raise HfGqaError(f"aclsum has the splits {', '.join(ACLSUM_SPLITS)}; got {split!r}")
+        split = _aclsum_split(source)
         if summary_column not in ("summary", *ACLSUM_ASPECTS):
             raise HfGqaError(f"aclsum's summaries are summary, {', '.join(ACLSUM_ASPECTS)}; got {summary_column!r}")
         pairs = list(zip(aclsum_papers(split), aclsum_summaries(split, summary_column), strict=True))

@@ -15,7 +15,6 @@ Tokenisation is a `Dataset.map` over module-level functions with `fn_kwargs`, so
 second run with the same data, tokenizer and lengths reads the cached Arrow files instead of tokenising again.
 """
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import HfGqaError
+from ..io.texts import detokenize, package_data_dir
 
 # Hub datasets whose columns are known: name -> (text column, summary column, default config).
 KNOWN_DATASETS = {
@@ -44,20 +44,10 @@ def _datasets():
     return datasets
 
 
-def detokenize(text: str) -> str:
-    """Undo PTB-style spacing (`word , word`, `( x )`, `do n't`), as in ACLSum's sentence lists."""
-    text = re.sub(r" ([.,;:!?%)\]}])", r"\1", text)
-    text = re.sub(r"([(\[{$]) ", r"\1", text)
-    text = re.sub(r" (n't|'s|'re|'ve|'ll|'d|'m)\b", r"\1", text)
-    return text.replace("`` ", '"').replace(" ''", '"').replace("-LRB- ", "(").replace(" -RRB-", ")")
-
-
 def aclsum_dir() -> Path:
     """The folder of ACLSum's jsonl splits inside the installed `aclsum` package."""
-    spec = importlib.util.find_spec("aclsum")  # located, not imported: its __init__ needs a package we do not use
-    if spec is None or not spec.submodule_search_locations:
-        raise HfGqaError("dataset 'aclsum' needs the PyPI package aclsum: pip install --no-deps aclsum")
-    return Path(spec.submodule_search_locations[0]) / "dataset"
+    missing = "dataset 'aclsum' needs the PyPI package aclsum: pip install --no-deps aclsum"
+    return package_data_dir("aclsum", missing) / "dataset"
 
 
 def _aclsum_example(example: dict) -> dict:
