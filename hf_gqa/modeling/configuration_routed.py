@@ -9,7 +9,8 @@ For each supported family this module defines `<Family>RoutedConfig`, a subclass
 
     gqa_routing (`dict[str, dict]`): `{"self": spec}`, the routing of every self-attention layer: `mode` (`kdgqa`,
         `dgqa`, `pgqa` or `pairs`), `heads` (the source's query heads), `q_heads`, `kv_heads`, and the mode's options
-        (`pairs`, `statistic`, `window`, `alpha`, `evolution`, `noise_in_eval`).
+        (`pairs`, `statistic`: `sample`, `batch` or `forward`, `allocation`, `window`, `alpha`, `evolution`,
+        `noise_in_eval`).
 
 A routed checkpoint is never written under a stock `model_type`: stock transformers would load it silently wrong.
 """

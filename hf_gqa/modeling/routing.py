@@ -8,17 +8,27 @@ An attention module with a [`HeadRouting`] (`module.routing`) has `q_heads` quer
 whose outputs the output projection takes. The modes:
 
 - `kdgqa` (Khan et al., 2024, eqs. 1-3): the H query heads are split left to right into G groups whose sizes follow
-  the key heads' L2 norms, computed anew in every forward pass. The statistic is the mean, over the keys a query
-  position can see (its mask row: causal prefix, padding excluded), of each key head's per-token L2 norm, so it is
-  per sample and per position: one sample's output never depends on another's, and decoding with a KV cache sees
-  exactly the statistic a full forward sees. `statistic="batch"` averages it over the batch in training (the paper's
-  per-batch statistic); evaluation is always per sample.
+  the key heads' L2 norms, computed anew in every forward pass, from one of three statistics (`statistic`):
+  - `sample` (default, ours): the mean, over the keys a query position can see (its mask row: causal prefix, padding
+    excluded), of each key head's per-token L2 norm: one allocation per sample and position. No batch dependence
+    (one sample's output never depends on another's), causal (position t's allocation sees no later key), cache
+    exact (decoding with a KV cache reproduces the full forward).
+  - `batch` (ours): in training, the `sample` statistic of position t averaged over the batch; in evaluation,
+    `sample`. Batch dependent in training only; causal; cache exact.
+  - `forward` (the paper's: one allocation per forward pass, "irrespective of training or inference"): the mean,
+    over every key that any position of any sample in the batch sees (padding excluded), of each key head's
+    per-token L2 norm; in training and evaluation. Batch dependent (an output depends on the other samples of its
+    batch, so evaluation scores depend on the batch size); not causal (position t's allocation sees the keys after
+    t); not cache exact (a decoding step allocates from the keys cached so far, so incremental decoding does not
+    reproduce the full forward, and generation with a cache may differ from generation without). "The batch" is
+    what this forward call sees: with N processes, each process's own batch.
 - `dgqa`: the same allocation rule on statistics gathered while training (an EMA of the windows' mean key norms,
   or their change from one window to the next), re-allocated every `window` optimizer steps by the
   `hf_gqa.training.DGQAReallocate` hook. The allocation and statistics are buffers of this module, updated only in
   training mode; in evaluation the allocation is fixed, so generation with a cache is exact.
 - `pgqa`: uniform GQA groups; in training, each group's attention map has Gaussian noise with the map's own mean and
-  std (per sample and group) subtracted, with zeros on the diagonal (a query's own position) and on masked entries.
+  std (per sample and group, over the query positions that see at least one key) subtracted, with zeros on the
+  diagonal (a query's own position) and on masked entries.
   Evaluation is deterministic (the identity) unless `noise_in_eval`.
 - `pairs` (the GQKVA family, Javadi et al., 2023): a static list of (query head, key/value head) pairs: GQKVA-gq.gkv
   takes every pair of gq query heads and gkv key/value heads; GKVA-g / MKVA share each of g (or 1) query heads among
@@ -36,7 +46,7 @@ from torch import nn
 ATTENTION_NAME = "hf_gqa_routed"
 MODES = ("kdgqa", "dgqa", "pgqa", "pairs")
 EVOLUTIONS = ("ema", "difference")
-STATISTICS = ("sample", "batch")
+STATISTICS = ("sample", "batch", "forward")
 ALLOCATIONS = ("balanced", "paper")
 
 
@@ -98,6 +108,14 @@ def visibility(mask, batch: int, q_len: int, kv_len: int, causal: bool, device) 
     return seen.expand(batch, q_len, kv_len)
 
 
+def _seen_key_norms(key: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """(batch, G, kv_len, d) keys, (batch, q_len, kv_len) visibility -> (G,) the mean per-token key norm over every
+    key some query position of some sample sees (the whole batch: padding excluded)."""
+    norms = key.detach().float().norm(dim=-1)  # (b, G, s)
+    keys_seen = seen.any(dim=1).float()  # (b, s)
+    return torch.einsum("bs,bgs->g", keys_seen, norms) / keys_seen.sum().clamp_min(1.0)
+
+
 def _mean_key_norms(key: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
     """(batch, G, kv_len, d) keys, (batch, q_len, kv_len) visibility -> (batch, q_len, G) mean visible key norms."""
     norms = key.detach().float().norm(dim=-1)  # (b, G, s)
@@ -110,7 +128,8 @@ class HeadRouting(nn.Module):
     """The routing of one attention module (see the module docstring). `spec` is its entry of `config.gqa_routing`:
 
     `{"mode": ..., "q_heads": ..., "kv_heads": ..., "heads": H}` plus `pairs` ([[q, kv], ...], mode `pairs`),
-    `bias_heads` (T5, mode `pairs`: the relative-bias head each pair reads), `statistic` (kdgqa), `window`,
+    `bias_heads` (T5, mode `pairs`: the relative-bias heads each pair reads, as a list per pair whose biases it
+    averages; an int is one head, as hf-gqa 0.1.0 wrote them), `statistic` (kdgqa), `window`,
     `alpha`, `evolution` (dgqa), `noise_in_eval` (pgqa).
     """
 
@@ -133,14 +152,22 @@ class HeadRouting(nn.Module):
             if any(not (0 <= q < self.q_heads and 0 <= kv < self.kv_heads) for q, kv in pairs):
                 raise ValueError(f"routing pairs must index {self.q_heads} query and {self.kv_heads} key/value heads")
             self.pairs = tuple(pairs)
-            self.bias_heads = tuple(int(h) for h in spec.get("bias_heads") or [q for q, _ in pairs])
+            self.bias_heads = tuple(
+                tuple(int(h) for h in (b if isinstance(b, list | tuple) else [b]))
+                for b in spec.get("bias_heads") or [q for q, _ in pairs]
+            )
+            if len(self.bias_heads) != len(pairs) or any(
+                not b or not all(0 <= h < self.heads for h in b) for b in self.bias_heads
+            ):
+                raise ValueError(f"routing bias_heads must name some of the {self.heads} heads for each pair")
         else:
             if self.q_heads != self.heads or self.heads < self.kv_heads:
                 raise ValueError(f"{self.mode} routes {self.heads} query heads to at most as many key/value heads")
             self.pairs = None
             self.bias_heads = None
         self.out_heads = len(self.pairs) if self.pairs is not None else self.heads
-        self._index_cache: dict = {}  # device -> (query index, key/value index, bias index) of the static modes
+        self._index_cache: dict = {}  # device -> (query index, key/value index) of the static modes
+        self._bias_cache: dict = {}  # device -> (bias heads, the pair of each, pair sizes) of mode `pairs`
         if self.mode == "dgqa":
             # Persistent: saved with the model and by `accelerator.save_state`, so a resumed run continues exactly.
             self.register_buffer("allocation", uniform_counts(self.heads, self.kv_heads).to(device))
@@ -173,19 +200,34 @@ class HeadRouting(nn.Module):
                 q, kv = torch.tensor(q), torch.tensor(kv)
             else:
                 q, kv = torch.arange(self.heads), head_index(uniform_counts(self.heads, self.kv_heads), self.heads)
-            bias = torch.tensor(self.bias_heads) if self.bias_heads is not None else None
-            cached = self._index_cache[device] = tuple(t if t is None else t.to(device) for t in (q, kv, bias))
+            cached = self._index_cache[device] = (q.to(device), kv.to(device))
         return cached[0], cached[1]
 
-    def bias_index(self, device) -> torch.Tensor | None:
-        """The relative-position-bias head of each attention head (T5, mode `pairs`), or None."""
-        if self.bias_heads is None:
-            return None
-        self.static_index(device)
-        return self._index_cache[device][2]
+    def pair_bias(self, position_bias: torch.Tensor | None) -> torch.Tensor | None:
+        """T5, mode `pairs`: the relative position bias (batch, out_heads, q_len, kv_len) of each attention head, the
+        mean of the biases (batch, heads, q_len, kv_len) of its `bias_heads`. Other modes: `position_bias` as is."""
+        if self.bias_heads is None or position_bias is None or position_bias.shape[1] == 1:
+            return position_bias
+        device = position_bias.device
+        cached = self._bias_cache.get(device)
+        if cached is None:  # fixed for the module's life: built once per device
+            heads = [h for b in self.bias_heads for h in b]
+            owners = [p for p, b in enumerate(self.bias_heads) for _ in b]
+            sizes = [len(b) for b in self.bias_heads]
+            cached = self._bias_cache[device] = tuple(torch.tensor(t, device=device) for t in (heads, owners, sizes))
+        heads, owners, sizes = cached
+        # Summed in float32 and divided by the pair's size (a pair of one head reads its bias exactly).
+        read = position_bias.index_select(1, heads).float()
+        total = read.new_zeros(read.shape[0], len(self.bias_heads), *read.shape[2:]).index_add(1, owners, read)
+        return (total / sizes.to(total.dtype)[:, None, None]).to(position_bias.dtype)
+
+    def forward_index(self, key: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """KDGQA, statistic `forward`: the key/value head of each query head, (H,), one for the whole forward pass."""
+        return head_index(allocate(_seen_key_norms(key, seen), self.heads, self.rule), self.heads)
 
     def dynamic_index(self, key: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-        """KDGQA: the key/value head of each query head at each position, (batch, q_len, H)."""
+        """KDGQA, statistics `sample` and `batch`: the key/value head of each query head at each position, (batch,
+        q_len, H)."""
         stat = _mean_key_norms(key, seen)
         if self.training and self.statistic == "batch":
             stat = stat.mean(0, keepdim=True).expand_as(stat)
@@ -194,9 +236,7 @@ class HeadRouting(nn.Module):
     @torch.no_grad()
     def observe(self, key: torch.Tensor, seen: torch.Tensor) -> None:
         """DGQA, training only: add this batch's mean visible key norm per head to the window's statistics."""
-        norms = key.detach().float().norm(dim=-1)  # (b, G, s)
-        keys_seen = seen.any(dim=1).float()  # (b, s)
-        self.norm_sum += torch.einsum("bs,bgs->g", keys_seen, norms) / keys_seen.sum().clamp_min(1.0)
+        self.norm_sum += _seen_key_norms(key, seen)
         self.norm_count += 1
 
     @torch.no_grad()
@@ -219,34 +259,43 @@ class HeadRouting(nn.Module):
         return True
 
     def perturb(self, probs: torch.Tensor, seen: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """PGQA: subtract each group's Gaussian noise from the attention maps (batch, H, q_len, kv_len)."""
+        """PGQA: subtract each group's Gaussian noise from the attention maps (batch, H, q_len, kv_len).
+
+        Eq. 9 per sample and group: a Gaussian draw standardised, then given the mean and std of the group's maps,
+        both taken over the query rows that see at least one key (a padded query's row is not attention)."""
         batch, heads, q_len, kv_len = probs.shape
         stats = probs.detach().float()
         noise = torch.randn_like(stats)
         shaped = torch.zeros_like(stats)
+        rows = seen.any(dim=-1)[:, None, :, None].float()  # (b, 1, q_len, 1)
+
+        def standard(x, weight):  # mean and (unbiased) std over the weighted entries of each sample's group
+            n = weight.sum(dim=(1, 2, 3), keepdim=True)
+            mean = (x * weight).sum(dim=(1, 2, 3), keepdim=True) / n.clamp_min(1.0)
+            var = ((x - mean) ** 2 * weight).sum(dim=(1, 2, 3), keepdim=True) / (n - 1).clamp_min(1.0)
+            return mean, var.sqrt()
+
         for g in range(self.kv_heads):
             members = (index == g).nonzero().flatten()
             if members.numel() == 0:
                 continue
             group, raw = stats[:, members], noise[:, members]
-            mean, std = group.mean(dim=(1, 2, 3), keepdim=True), group.std(dim=(1, 2, 3), keepdim=True)
-            raw = (raw - raw.mean(dim=(1, 2, 3), keepdim=True)) / raw.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
-            shaped[:, members] = std * raw + mean
+            weight = rows.expand_as(group)
+            mean, std = standard(group, weight)
+            raw_mean, raw_std = standard(raw, weight)
+            shaped[:, members] = std * (raw - raw_mean) / raw_std.clamp_min(1e-12) + mean
         positions = torch.arange(q_len, device=probs.device) + (kv_len - q_len)  # each query's own key
         off_diagonal = torch.arange(kv_len, device=probs.device)[None, :] != positions[:, None]
         keep = (seen & off_diagonal).unsqueeze(1)
         return probs - (shaped * keep).to(probs.dtype)
 
 
-def _bias(position_bias, seen, heads_index, dtype) -> torch.Tensor:
+def _bias(position_bias, seen, dtype) -> torch.Tensor:
     """The additive float mask (batch, heads, q_len, kv_len): masked keys at the dtype's minimum, plus T5's bias."""
     bias = torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(~seen, torch.finfo(dtype).min)
     bias = bias.unsqueeze(1)
     if position_bias is not None:
-        position_bias = position_bias[..., -seen.shape[-1] :]
-        if heads_index is not None and position_bias.shape[1] > 1:
-            position_bias = position_bias.index_select(1, heads_index)
-        bias = bias + position_bias.to(dtype)
+        bias = bias + position_bias[..., -seen.shape[-1] :].to(dtype)
     return bias
 
 
@@ -275,21 +324,25 @@ def routed_attention_forward(
     seen = visibility(attention_mask, batch, q_len, kv_len, causal, query.device)
     noisy = routing.mode == "pgqa" and (routing.training or routing.noise_in_eval)
 
-    if routing.mode == "kdgqa":
+    dynamic = routing.mode == "kdgqa" and routing.statistic != "forward"
+    if dynamic:
         index = routing.dynamic_index(key, seen)  # (b, t, H)
         choose = [(index == g).transpose(1, 2).unsqueeze(-1) for g in range(routing.kv_heads)]  # (b, H, t, 1)
         scores = sum(
             torch.where(choose[g], torch.matmul(query, key[:, g : g + 1].transpose(2, 3)), 0.0)
             for g in range(routing.kv_heads)
         )
-        bias = _bias(position_bias, seen, None, query.dtype)
+        bias = _bias(position_bias, seen, query.dtype)
     else:
-        q_index, kv_index = routing.static_index(query.device)
+        if routing.mode == "kdgqa":  # statistic `forward`: one routing for the whole forward pass
+            q_index, kv_index = None, routing.forward_index(key, seen)
+        else:
+            q_index, kv_index = routing.static_index(query.device)
         if routing.mode == "dgqa" and routing.training:
             routing.observe(key, seen)
         query = query.index_select(1, q_index) if routing.mode == "pairs" else query
         key, value = key.index_select(1, kv_index), value.index_select(1, kv_index)
-        bias = _bias(position_bias, seen, routing.bias_index(query.device), query.dtype)
+        bias = _bias(routing.pair_bias(position_bias), seen, query.dtype)
         if not noisy and softcap is None and not kwargs.get("output_attentions"):
             out = torch.nn.functional.scaled_dot_product_attention(
                 query, key, value, attn_mask=bias, dropout_p=dropout, scale=scaling
@@ -304,7 +357,7 @@ def routed_attention_forward(
     if noisy:
         probs = routing.perturb(probs, seen, kv_index)
     probs = nn.functional.dropout(probs, p=dropout, training=routing.training)
-    if routing.mode == "kdgqa":
+    if dynamic:
         out = sum(
             torch.where(choose[g], torch.matmul(probs, value[:, g : g + 1]), 0.0) for g in range(routing.kv_heads)
         )

@@ -150,6 +150,33 @@ def test_kdgqa_batch_statistic_couples_samples_in_training_only(sources):
         assert torch.allclose(together, alone, atol=1e-6) != coupled
 
 
+@pytest.mark.parametrize("family", ["t5", "llama"])
+def test_kdgqa_forward_statistic_trains_evaluates_and_generates(sources, family):
+    """The paper's per-forward statistic end to end (its numbers: tests/variants/test_routed_oracles.py)."""
+    model = hf_gqa.convert(sources[family], variant="kdgqa", groups=2, statistic="forward", allocation="paper")
+    assert {spec["statistic"] for spec in model.config.gqa_routing.values()} == {"forward"}
+    model.train()
+    if family == "t5":
+        loss = model(**INPUTS, labels=INPUTS["decoder_input_ids"]).loss
+    else:
+        loss = model(input_ids=IDS, labels=IDS).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    model.eval()
+    assert logits(model).isfinite().all()
+    inputs = dict(input_ids=INPUTS["input_ids"]) if family == "t5" else dict(input_ids=IDS)
+    out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert out.shape[0] == inputs["input_ids"].shape[0]
+
+
+def test_cli_statistic_forward(tmp_path, capsys, sources):
+    sources["llama"].save_pretrained(tmp_path / "src")
+    argv = ["--variant", "kdgqa", "--groups", "2", "--statistic", "forward", "-o", tmp_path / "out"]
+    code, out, err = run(capsys, "convert", tmp_path / "src", *argv)
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["gqa_routing"]["self"]["statistic"] == "forward"
+
+
 @pytest.mark.parametrize("family", ["t5", "llama", "qwen2"])
 def test_pgqa_and_untrained_dgqa_are_gqa_in_eval_and_pgqa_perturbs_in_training(sources, family):
     gqa = hf_gqa.convert(sources[family], groups=2).eval()

@@ -15,8 +15,15 @@ class RoutedOptions:
         variants=("gqkva",),
     )
     statistic: str | None = option(
-        help="kdgqa: the key-norm statistic while training: per sample (default) or per batch (the paper's); "
-        "evaluation is always per sample",
+        help="kdgqa: what the allocation is computed from, in every forward pass. sample (default, ours): per sample "
+        "and query position, the mean key norm over the keys that position sees; no batch dependence, causal, and "
+        "decoding with a KV cache reproduces the full forward. batch (ours): in training, the sample statistic of "
+        "each position averaged over the batch (evaluation: sample); outputs depend on the batch in training only; "
+        "causal; cache exact. forward (the paper's: one allocation per forward pass, in training and evaluation): "
+        "the mean key norm over every key any sample of the batch sees; an output depends on the other samples of "
+        "its batch (evaluation scores depend on the batch size), a position's allocation sees the keys after it, "
+        "and decoding with a KV cache does not reproduce the full forward (generation with and without a cache may "
+        "differ)",
         type=str,
         choices=STATISTICS,
         variants=("kdgqa",),

@@ -7,9 +7,10 @@
 - The GQKVA family (Javadi et al., 2023): queries are grouped too. GQKVA-gq.gkv mean-pools the query heads into gq
   and the K/V heads into gkv groups and runs one attention per (query head, K/V head) pair; GKVA-g shares each of g
   pooled query heads among H/g of the H key/value heads, MKVA is GKVA-1. The output projection takes the pairs: a pair
-  gets the output columns of the original heads that fall in it (summed), or zeros if none do, so the converted model
-  equals the original with each head's query and key/value replaced by its groups' means. gq = gkv = H (or GKVA-H)
-  is the original MHA exactly; gq = H, gkv = 1 is MQA.
+  gets the output columns of the original heads that fall in it (summed), or zeros if none do, and (T5) reads the mean
+  relative position bias of those heads, so the converted model equals the original with each head's query and
+  key/value replaced by its groups' means (T5: and its relative position bias by its pair's mean). gq = gkv = H (or
+  GKVA-H) is the original MHA exactly; gq = H, gkv = 1 is MQA.
 
 The output is the routed form: `t5_gqa` with `gqa_routing`, or `<family>_routed` for decoders, saved with its code.
 """
@@ -146,10 +147,14 @@ class _Paired(_Routed):
     def routing_spec(self, num_heads, kv_heads, spec) -> dict:
         q_heads = self.query_heads(num_heads, spec)
         pairs, pair_of = self.pairs(num_heads, q_heads, kv_heads)
+        # T5: a pair reads the mean relative position bias of the original heads in it, so that it computes what each
+        # of them computes with its query and key/value pooled. A pair holding none (its output columns start at
+        # zero) reads the mean over its query group's heads (our choice; the paper has no relative bias).
         bias_heads = []
         for p, (q, _) in enumerate(pairs):
             members = [h for h in range(num_heads) if pair_of[h] == p]
-            bias_heads.append(members[0] if members else q * (num_heads // q_heads))
+            size = num_heads // q_heads
+            bias_heads.append(members or list(range(q * size, (q + 1) * size)))
         return {
             "mode": "pairs",
             "variant": self.name,
