@@ -6,12 +6,24 @@ from ..errors import UnsupportedModelError
 from ..modeling.configuration_t5_gqa import KV_HEAD_FIELDS, T5_GQA_AUTO_MAP
 from .base import AttentionBlock, Family, HeadSlice
 
-_CLASS_SUFFIXES = ("ForConditionalGeneration", "EncoderModel", "Model")
+# The T5 classes t5_gqa has (`T5<suffix>` -> `T5GQA<suffix>`), by class-name suffix, longest first: where the class
+# keeps the T5 stacks in its state dict, and whether it has a decoder.
+_CLASSES = {
+    "ForConditionalGeneration": ("", True),
+    "ForSequenceClassification": ("transformer.", True),
+    "ForTokenClassification": ("transformer.", False),
+    "ForQuestionAnswering": ("", True),
+    "EncoderModel": ("", False),
+    "Model": ("", True),
+}
 
 
-def _is_encoder_only(config: dict) -> bool:
+def _layout(config: dict) -> tuple[str, bool]:
+    """(prefix of the stacks' tensors, has a decoder) of the class the config's first architecture names; a config
+    naming none is a T5ForConditionalGeneration's."""
     architectures = config.get("architectures") or []
-    return bool(architectures) and all(a.endswith("EncoderModel") for a in architectures)
+    name = architectures[0] if architectures else "T5ForConditionalGeneration"
+    return next((layout for suffix, layout in _CLASSES.items() if name.endswith(suffix)), ("", True))
 
 
 class T5(Family):
@@ -30,13 +42,12 @@ class T5(Family):
 
     def attention_blocks(self, config: dict, keys: Iterable[str] | None = None) -> list[AttentionBlock]:
         num_heads, head_dim = config["num_heads"], config["d_kv"]
-        num_decoder_layers = config.get("num_decoder_layers") or config["num_layers"]
-        if _is_encoder_only(config):
-            num_decoder_layers = 0
-        places = [("encoder", f"encoder.block.{i}.layer.0.SelfAttention") for i in range(config["num_layers"])]
+        prefix, has_decoder = _layout(config)
+        num_decoder_layers = (config.get("num_decoder_layers") or config["num_layers"]) if has_decoder else 0
+        places = [("encoder", f"{prefix}encoder.block.{i}.layer.0.SelfAttention") for i in range(config["num_layers"])]
         for i in range(num_decoder_layers):
-            places.append(("decoder_self", f"decoder.block.{i}.layer.0.SelfAttention"))
-            places.append(("cross", f"decoder.block.{i}.layer.1.EncDecAttention"))
+            places.append(("decoder_self", f"{prefix}decoder.block.{i}.layer.0.SelfAttention"))
+            places.append(("cross", f"{prefix}decoder.block.{i}.layer.1.EncDecAttention"))
         return [
             AttentionBlock(
                 kind=kind,
@@ -80,13 +91,13 @@ class T5(Family):
         ]
 
     def target_architecture(self, source_architecture: str) -> str:
-        for suffix in _CLASS_SUFFIXES:
+        for suffix in _CLASSES:
             if source_architecture.endswith(suffix):
                 return f"T5GQA{suffix}"
-        # t5_gqa has no classification or question-answering heads: refused by name, before any weights are read
+        # a class t5_gqa has no counterpart of: refused by name, before any weights are read
         raise UnsupportedModelError(
             f"cannot convert a {source_architecture}: t5_gqa has "
-            + ", ".join(f"T5GQA{suffix}" for suffix in _CLASS_SUFFIXES)
+            + ", ".join(f"T5GQA{suffix}" for suffix in _CLASSES)
             + " only; convert the T5 model and add the head afterwards"
         )
 

@@ -22,12 +22,28 @@ from ..modeling.configuration_t5_gqa import T5GQAConfig
 from ..modeling.configuration_wgqa_decoder import WGQA_CONFIGS
 from ..modeling.modeling_gpt2_gqa import GPT2GQALMHeadModel, GPT2GQAModel
 from ..modeling.modeling_routed import ROUTED_MODELS
-from ..modeling.modeling_t5_gqa import T5GQAEncoderModel, T5GQAForConditionalGeneration, T5GQAModel
+from ..modeling.modeling_t5_gqa import (
+    T5GQAEncoderModel,
+    T5GQAForConditionalGeneration,
+    T5GQAForQuestionAnswering,
+    T5GQAForSequenceClassification,
+    T5GQAForTokenClassification,
+    T5GQAModel,
+)
 from ..modeling.modeling_wgqa_decoder import WGQA_MODELS
 
 MODEL_CLASSES = {
     cls.__name__: cls
-    for cls in (T5GQAModel, T5GQAForConditionalGeneration, T5GQAEncoderModel, GPT2GQAModel, GPT2GQALMHeadModel)
+    for cls in (
+        T5GQAModel,
+        T5GQAForConditionalGeneration,
+        T5GQAEncoderModel,
+        T5GQAForSequenceClassification,
+        T5GQAForTokenClassification,
+        T5GQAForQuestionAnswering,
+        GPT2GQAModel,
+        GPT2GQALMHeadModel,
+    )
 }
 for _classes in (*WGQA_MODELS.values(), *ROUTED_MODELS.values()):
     MODEL_CLASSES.update({cls.__name__: cls for cls in _classes.values()})
@@ -122,6 +138,9 @@ def _register() -> None:
     AutoModel.register(T5GQAConfig, T5GQAModel, exist_ok=True)
     AutoModelForSeq2SeqLM.register(T5GQAConfig, T5GQAForConditionalGeneration, exist_ok=True)
     AutoModelForTextEncoding.register(T5GQAConfig, T5GQAEncoderModel, exist_ok=True)
+    AutoModelForSequenceClassification.register(T5GQAConfig, T5GQAForSequenceClassification, exist_ok=True)
+    AutoModelForTokenClassification.register(T5GQAConfig, T5GQAForTokenClassification, exist_ok=True)
+    AutoModelForQuestionAnswering.register(T5GQAConfig, T5GQAForQuestionAnswering, exist_ok=True)
 
     AutoConfig.register(GPT2GQAConfig.model_type, GPT2GQAConfig, exist_ok=True)
     AutoModel.register(GPT2GQAConfig, GPT2GQAModel, exist_ok=True)

@@ -19,6 +19,9 @@ T5_GQA_AUTO_MAP = {
     "AutoModel": "modeling_t5_gqa.T5GQAModel",
     "AutoModelForSeq2SeqLM": "modeling_t5_gqa.T5GQAForConditionalGeneration",
     "AutoModelForTextEncoding": "modeling_t5_gqa.T5GQAEncoderModel",
+    "AutoModelForSequenceClassification": "modeling_t5_gqa.T5GQAForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_t5_gqa.T5GQAForTokenClassification",
+    "AutoModelForQuestionAnswering": "modeling_t5_gqa.T5GQAForQuestionAnswering",
 }
 
 # The three kinds of attention in T5 and the config field holding the number of key/value heads of each.

@@ -3,10 +3,11 @@
 
 Ships with every converted checkpoint (remote code): imports only `torch`, `transformers` and sibling files.
 
-The model classes are the stock T5 classes; after the stock constructor has run, each attention module is swapped for
-a [`T5GQAAttention`] whose `k`/`v` projections are `G * d_kv` wide. `q`, `o`, the per-query-head relative position
-bias, the blocks, the stacks, the caches and generation are all upstream code. The KV cache stores the G heads it is
-given (`EncoderDecoderCache` needs no change); the heads are expanded only inside attention, by
+The model classes are the stock T5 classes (the model, the seq2seq LM, the encoder, and the sequence-classification,
+token-classification and question-answering heads); after the stock constructor has run, each attention module is
+swapped for a [`T5GQAAttention`] whose `k`/`v` projections are `G * d_kv` wide. `q`, `o`, the per-query-head
+relative position bias, the blocks, the stacks, the caches and generation are all upstream code. The KV cache stores
+the G heads it is given (`EncoderDecoderCache` needs no change); the heads are expanded only inside attention, by
 `scaled_dot_product_attention(enable_gqa=True)` or by folding queries into groups when decoding one token.
 
 The WGQA training form (`config.gqa_kv_weights` set) makes the `k`/`v` of the weighted attention kinds
@@ -18,7 +19,15 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, T5EncoderModel, T5ForConditionalGeneration, T5Model
+from transformers import (
+    GenerationMixin,
+    T5EncoderModel,
+    T5ForConditionalGeneration,
+    T5ForQuestionAnswering,
+    T5ForSequenceClassification,
+    T5ForTokenClassification,
+    T5Model,
+)
 from transformers import initialization as init
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -26,7 +35,7 @@ from transformers.models.t5.modeling_t5 import T5Attention
 
 from .configuration_t5_gqa import T5GQAConfig
 from .gqa_attention import eager_gqa_attention_forward, sdpa_gqa_attention_forward
-from .routing import HeadRouting, routed_attention_forward
+from .routing import HeadRouting, routed_attention_forward, uniform_counts
 from .weighted_kv import HeadMixer, WeightedKV
 
 _GQA_ATTENTION_FUNCTIONS = {"eager": eager_gqa_attention_forward, "sdpa": sdpa_gqa_attention_forward}
@@ -204,24 +213,41 @@ def _use_gqa_attention(model: nn.Module, config: T5GQAConfig) -> None:
                     head_order=config.head_order(kind, old.layer_idx),
                     routing=config.routing(kind),
                 )
-                model._init_weights(new)  # a HeadMixer initialises itself (to the mean)
+                model._init_weights(new)  # T5's rules (its k/v may be narrower); a HeadMixer starts at the mean
                 setattr(layer, attr, new)
 
 
-def _init_head_mixer(module: nn.Module) -> None:
-    """The mixers of the WGQA training form start at their mean (what `from_pretrained` uses for missing ones), and
-    DGQA's routing at the uniform allocation."""
+def _init_hf_gqa_state(module: nn.Module) -> None:
+    """hf-gqa's own tensors: the mixers of the WGQA training form at their mean, DGQA's routing at the uniform
+    allocation with empty statistics. Through `transformers.initialization`, so tensors loaded from a checkpoint stay
+    as loaded and only missing ones are set."""
     if isinstance(module, HeadMixer):
         init.constant_(module.weight, module.init_value)
-    elif isinstance(module, HeadRouting):
-        with torch.no_grad():
-            module.reset_state()
+    elif isinstance(module, HeadRouting) and module.mode == "dgqa":
+        init.copy_(module.allocation, uniform_counts(module.heads, module.kv_heads))
+        for buffer in (module.norm_sum, module.norm_count, module.norm_cache, module.cache_filled):
+            init.zeros_(buffer)
 
 
 class _T5GQAInit:
-    def _init_weights(self, module):
-        super()._init_weights(module)  # T5's: a `T5Attention`'s `k.weight`/`v.weight`, also when they are weighted
-        _init_head_mixer(module)
+    @torch.no_grad()
+    def initialize_weights(self):
+        super().initialize_weights()
+        # The encoder and decoder are stock `T5Stack` sub-models, which transformers initialises with their own (stock
+        # T5's) `_init_weights`, blind to hf-gqa's modules: those are set here, for the whole model.
+        for module in self.modules():
+            _init_hf_gqa_state(module)
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # transformers treats every class outside its package as custom code, and `initialize_weights` (missing
+        # weights in `from_pretrained`, `init_weights` after building on the meta device) then counts a module with
+        # no parameters of its own (`T5Attention`, `T5DenseGatedActDense`, `T5ClassificationHead`, the model) as
+        # initialised: T5's rules for their `Linear`/`Embedding` children never ran, which kept the generic std-1
+        # draw. That shortcut protects custom `_init_weights` that overwrite loaded tensors; T5's and ours draw
+        # through `transformers.initialization`, which leaves them alone. transformers' other uses of the flag (module
+        # tying, checkpoint key conversions of its own model types) do not apply to t5_gqa either.
+        return False
 
 
 class T5GQAModel(_T5GQAInit, T5Model):
@@ -248,8 +274,45 @@ class T5GQAEncoderModel(_T5GQAInit, T5EncoderModel):
         _use_gqa_attention(self, config)
 
 
+class T5GQAForQuestionAnswering(_T5GQAInit, T5ForQuestionAnswering):
+    config: T5GQAConfig
+
+    def __init__(self, config: T5GQAConfig):
+        super().__init__(config)
+        _use_gqa_attention(self, config)
+
+
+# The two task models that hold a T5 model (`transformer`) get the t5_gqa one in its place: same tensor names, and
+# its initialisation knows hf-gqa's modules.
+class T5GQAForSequenceClassification(_T5GQAInit, T5ForSequenceClassification):
+    config: T5GQAConfig
+
+    def __init__(self, config: T5GQAConfig):
+        super().__init__(config)
+        self.transformer = T5GQAModel(config)
+
+
+class T5GQAForTokenClassification(_T5GQAInit, T5ForTokenClassification):
+    config: T5GQAConfig
+
+    def __init__(self, config: T5GQAConfig):
+        super().__init__(config)
+        self.transformer = T5GQAEncoderModel(config)
+
+
 T5GQAModel.register_for_auto_class("AutoModel")
 T5GQAForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 T5GQAEncoderModel.register_for_auto_class("AutoModelForTextEncoding")
+T5GQAForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+T5GQAForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+T5GQAForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")
 
-__all__ = ["T5GQAAttention", "T5GQAEncoderModel", "T5GQAForConditionalGeneration", "T5GQAModel"]
+__all__ = [
+    "T5GQAAttention",
+    "T5GQAEncoderModel",
+    "T5GQAForConditionalGeneration",
+    "T5GQAForQuestionAnswering",
+    "T5GQAForSequenceClassification",
+    "T5GQAForTokenClassification",
+    "T5GQAModel",
+]

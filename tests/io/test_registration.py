@@ -41,7 +41,15 @@ def test_auto_classes_load_the_saved_folder(saved):
 def test_saved_folder_carries_full_auto_map_and_self_contained_code(saved):
     path, _, _ = saved
     config = json.loads((path / "config.json").read_text())
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM", "AutoModelForTextEncoding"}
+    assert set(config["auto_map"]) == {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForSeq2SeqLM",
+        "AutoModelForTextEncoding",
+        "AutoModelForSequenceClassification",
+        "AutoModelForTokenClassification",
+        "AutoModelForQuestionAnswering",
+    }
     code = sorted(p.name for p in path.glob("*.py"))
     assert code == [
         "configuration_t5_gqa.py",
@@ -66,7 +74,7 @@ def test_plain_save_pretrained_also_writes_remote_code(tmp_path):
     )
     model.save_pretrained(tmp_path)
     assert (tmp_path / "gqa_attention.py").exists()
-    assert len(json.loads((tmp_path / "config.json").read_text())["auto_map"]) == 4
+    assert len(json.loads((tmp_path / "config.json").read_text())["auto_map"]) == 7
 
 
 REMOTE = textwrap.dedent(

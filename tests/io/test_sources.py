@@ -243,17 +243,6 @@ def test_gpt2_heads_are_refused_before_any_work(capsys, tmp_path, monkeypatch, h
         assert head in one_error(capsys, "convert", tmp_path / "src", "-o", tmp_path / "out", "--groups", 2, *extra)
 
 
-@pytest.mark.parametrize("head", ["T5ForSequenceClassification", "T5ForTokenClassification", "T5ForQuestionAnswering"])
-def test_t5_heads_without_a_t5_gqa_class_are_refused_before_any_work(capsys, tmp_path, monkeypatch, head):
-    import transformers
-
-    torch.manual_seed(0)
-    getattr(transformers, head)(make_t5().config).save_pretrained(tmp_path / "src")
-    no_work(monkeypatch)
-    for extra in ((), ("--in-memory",)):
-        assert head in one_error(capsys, "convert", tmp_path / "src", "-o", tmp_path / "out", "--groups", 2, *extra)
-
-
 def write_t5(path, dtype=torch.float16, loaded: bool = False):
     """A float16 T5: as built (`wo` stored in float16) or as transformers loads and saves it (`wo` kept in float32)."""
     model = make_t5().to(dtype)
