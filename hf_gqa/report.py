@@ -5,6 +5,12 @@ folder of run folders. Runs whose configs differ only in their seed (and in wher
 mean ± standard deviation over the seeds. Columns: variant, key/value heads, parameters, KV-cache bytes per token,
 ROUGE-1, ROUGE-2, ROUGE-L, ROUGE-Lsum and decode tokens/s. Writes `report.md`, `report.csv` and a plot of ROUGE
 against KV-cache size, `rouge_vs_kv_cache.png`, into `--output-dir`, and prints the markdown table.
+
+Runs that learned K/V mixing weights (wgqa, randwgqa, simwgqa) log them (`kv_weights.jsonl` in the run folder); for
+each, the report adds the WGQA paper's analysis: `kv_weights_<run>.png`, the weights' distribution over training and
+per attention kind, layer and K/V at the last step (the paper's Fig. 3), and the paper's two-sided t-test of their
+mean against their initial value (Sec. V.A) at every logged step, in `kv_weights_tests.csv` and, for the last step,
+in report.md.
 """
 
 import argparse
@@ -17,6 +23,7 @@ from pathlib import Path
 
 from .core.text import format_bytes
 from .errors import HfGqaError
+from .variants.wgqa.weights_log import WEIGHTS_LOG, initial_values, read_weights_log, record_t_test
 
 RESULTS = "all_results.json"
 ROUGE = (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L"), ("rougeLsum", "ROUGE-Lsum"))
@@ -27,6 +34,7 @@ VARIANT_NAMES = {
     "wgqa": "WGQA",
     "randwgqa": "RandWGQA",
     "simgqa": "SimGQA",
+    "simwgqa": "SimWGQA (ours)",
 }
 # Config keys that do not change what a run measures: runs differing only in these are seeds of one row.
 RUN_SPECIFIC = {
@@ -39,7 +47,11 @@ RUN_SPECIFIC = {
     "cache_dir",
     "preprocessing_num_workers",
     "logging_steps",
-    "tensorboard",
+    "tensorboard",  # older runs: what report_to replaced
+    "report_to",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private",
     "checkpointing_steps",
     "checkpoints_total_limit",
     "decode_benchmark_tokens",
@@ -145,6 +157,8 @@ def _label(run: dict) -> str:
     heads = _converted_heads(model)
     if variant not in ("mha", "mqa") and len(set(heads.values())) == 1:
         name += f"-{next(iter(heads.values()))}"
+    if config.get("convert_regroup_every"):
+        name += f" every {config['convert_regroup_every']}"
     if config.get("lora_r"):
         name += f" (LoRA r={config['lora_r']})"
     return name
@@ -336,6 +350,151 @@ def plot(rows: list[dict], path: Path, title: str | None = None) -> bool:
     return True
 
 
+# --- the learned K/V weights (the WGQA paper's Fig. 3 and Sec. V.A) ------------------------------------------------
+
+WEIGHT_TESTS = "kv_weights_tests.csv"
+WEIGHT_PLOT = "kv_weights_{run}.png"
+PROJECTIONS = (("k", "K"), ("v", "V"))
+
+
+def weight_logs(runs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(run name, records) of every run whose folder holds a `kv_weights.jsonl`; the name is the run folder's
+    (numbered when two folders share one)."""
+    logs, seen = [], {}
+    for run in runs:
+        folder = Path(run["_path"]).parent
+        if not (folder / WEIGHTS_LOG).is_file():
+            continue
+        records = read_weights_log(folder / WEIGHTS_LOG)
+        if not records:
+            continue
+        name = folder.name or "run"
+        seen[name] = seen.get(name, 0) + 1
+        logs.append((name if seen[name] == 1 else f"{name}-{seen[name]}", records))
+    return logs
+
+
+def _subsets(record: dict) -> list[tuple[str, str, object]]:
+    """(attention kind or "all", K/V or "", selector) of the weights one test covers: all of them (the paper's),
+    then each attention kind's K and V."""
+    kinds = list(dict.fromkeys(e["attention"] for e in record["weights"]))
+    subsets = [("all", "", None)]
+    for kind in kinds:
+        for projection, label in PROJECTIONS:
+            subsets.append((kind, label, lambda e, k=kind, p=projection: e["attention"] == k and e["projection"] == p))
+    return subsets
+
+
+def weight_tests(name: str, records: list[dict]) -> list[dict]:
+    """The t-test of the weights against their initial values (the first record, step 0) at every logged step, over
+    all weights and per attention kind and K/V."""
+    initial = initial_values(records)
+    rows = []
+    for record in records:
+        for kind, projection, select in _subsets(record):
+            test = record_t_test(record, initial, select)
+            if test is None:
+                continue
+            rows.append(
+                {"run": name, "step": record["step"], "attention": kind, "projection": projection, "test": test}
+            )
+    return rows
+
+
+def _p_cell(p: float) -> str:
+    return "-" if math.isnan(p) else f"{p:.3g}"
+
+
+def weights_markdown(tests: list[dict]) -> str:
+    """The last logged step of each run: one row over all weights (the paper's test), then per kind and K/V."""
+    last = {}
+    for row in tests:
+        last[row["run"]] = max(last.get(row["run"], row["step"]), row["step"])
+    lines = [
+        "",
+        "## Learned K/V weights (the WGQA paper's Fig. 3 and significance test)",
+        "",
+        "| run | step | weights | K/V | n | initial | mean ± sd | t | df | p (two-sided) |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in tests:
+        if row["step"] != last[row["run"]]:
+            continue
+        t = row["test"]
+        lines.append(
+            f"| {row['run']} | {row['step']} | {row['attention']} | {row['projection'] or 'K and V'} | {t.n} | "
+            f"{t.initial:.4g} | {t.mean:.4f} ± {t.std:.4f} | {t.t:.3f} | {t.df} | {_p_cell(t.p)} |"
+        )
+    lines += [
+        "",
+        "Two-sided one-sample t-test of the mean difference between each learned weight and its initial value (for "
+        "a constant start, e.g. WGQA's 0.5, the paper's test of the weights' mean against 0.5; for RandWGQA the "
+        f"paired test against their own draws, ours). Every logged step: {WEIGHT_TESTS}; the weights' distribution: "
+        + WEIGHT_PLOT.format(run="<run>")
+        + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_weight_tests(tests: list[dict], path: Path) -> None:
+    columns = ["run", "step", "attention", "projection", "n", "initial", "mean", "std", "t", "df", "p"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in tests:
+            t = row["test"]
+            writer.writerow([row["run"], row["step"], row["attention"], row["projection"] or "K and V", t.n,
+                             t.initial, t.mean, t.std, t.t, t.df, t.p])  # fmt: skip
+
+
+def plot_weights(name: str, records: list[dict], path: Path) -> bool:
+    """The paper's Fig. 3 for one run: histograms of all the weights at up to five logged steps (the first, the
+    last and evenly spaced ones), then, per attention kind (rows) and K/V (columns), the weights of each layer at
+    the last step; the dashed line is the mean initial value. False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    first, last = records[0], records[-1]
+    start = statistics.fmean(v for e in first["weights"] for v in e["values"])
+    kinds = list(dict.fromkeys(e["attention"] for e in last["weights"]))
+    fig = plt.figure(figsize=(9, 3.2 * (1 + len(kinds))), dpi=110)
+    grid = fig.add_gridspec(1 + len(kinds), 2)
+    top = fig.add_subplot(grid[0, :])
+    picks = [records[i] for i in sorted({round(i * (len(records) - 1) / 4) for i in range(5)})]
+    values = {r["step"]: [v for e in r["weights"] for v in e["values"]] for r in picks}
+    low, high = min(min(v) for v in values.values()), max(max(v) for v in values.values())
+    low, high = (low - 0.5, high + 0.5) if low == high else (low, high)
+    bins = [low + (high - low) * i / 40 for i in range(41)]  # the same bins for every step
+    for step, step_values in values.items():
+        top.hist(step_values, bins=bins, histtype="step", linewidth=1.3, label=f"step {step}")
+    top.axvline(start, color="grey", linestyle="--", linewidth=1)
+    top.set_title(f"{name}: all learned K/V weights over training")
+    top.set_xlabel("weight")
+    top.set_ylabel("count")
+    top.legend(fontsize=8)
+    for row, kind in enumerate(kinds, 1):
+        for column, (projection, label) in enumerate(PROJECTIONS):
+            ax = fig.add_subplot(grid[row, column])
+            entries = sorted(
+                (e for e in last["weights"] if e["attention"] == kind and e["projection"] == projection),
+                key=lambda e: e["layer"],
+            )
+            if entries:
+                ax.boxplot([e["values"] for e in entries], tick_labels=[str(e["layer"]) for e in entries])
+            ax.axhline(start, color="grey", linestyle="--", linewidth=1)
+            ax.set_title(f"{kind} {label}, step {last['step']}", fontsize=9)
+            ax.set_xlabel("layer")
+            ax.set_ylabel("weight")
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
 def add_parser(subparsers) -> None:
     """Add the `report` command to `hf-gqa`'s sub-command parsers."""
     report = subparsers.add_parser(
@@ -369,20 +528,32 @@ def _output_dir(raw: str) -> Path:
 
 
 def run(args) -> int:
-    """`hf-gqa report`: print the table and write report.md, report.csv and the plot."""
-    rows = summarize([load_run(p) for p in find_results(args.runs)])
+    """`hf-gqa report`: print the table and write report.md, report.csv and the plot (and, for runs that learned
+    K/V weights, their tests and plots)."""
+    runs = [load_run(p) for p in find_results(args.runs)]
+    rows = summarize(runs)
+    logs = weight_logs(runs)
+    tests = [row for name, records in logs for row in weight_tests(name, records)]
     output = _output_dir(args.output_dir)
-    markdown = to_markdown(rows)
+    markdown = to_markdown(rows) + (weights_markdown(tests) if tests else "")
     written = [output / "report.md", output / "report.csv"]
     try:
         written[0].write_text(markdown, encoding="utf-8")
         write_csv(rows, written[1])
         plotted = plot(rows, output / PLOT, args.title)
+        if tests:
+            write_weight_tests(tests, output / WEIGHT_TESTS)
+            written.append(output / WEIGHT_TESTS)
+        weight_plots = [output / WEIGHT_PLOT.format(run=name) for name, _ in logs]
+        plotted = (
+            all([plot_weights(name, records, path) for (name, records), path in zip(logs, weight_plots, strict=True)])
+            and plotted
+        )
     except OSError as error:
         raise HfGqaError(f"cannot write {error.filename or str(output)!r}: {error.strerror or error}") from None
     print(markdown)
     if plotted:
-        written.append(output / PLOT)
+        written += [output / PLOT, *weight_plots]
     else:
         print("note: no plot: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
     print("wrote " + ", ".join(map(str, written)))
@@ -401,7 +572,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-__all__ = ["add_parser", "find_results", "load_run", "main", "plot", "run", "summarize", "to_markdown", "write_csv"]
+__all__ = [
+    "add_parser",
+    "find_results",
+    "load_run",
+    "main",
+    "plot",
+    "plot_weights",
+    "run",
+    "summarize",
+    "to_markdown",
+    "weight_logs",
+    "weight_tests",
+    "weights_markdown",
+    "write_csv",
+    "write_weight_tests",
+]
 
 
 if __name__ == "__main__":

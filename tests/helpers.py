@@ -42,3 +42,37 @@ def pooled_qkv_oracle(source, q_groups: int, kv_groups: int):
         if groups is not None:
             sd[key] = regroup_heads(regroup_heads(sd[key], heads, groups), groups, heads)
     return type(source).from_pretrained(None, config=source.config, state_dict=sd).eval()
+
+
+def student_t_p_by_hand(t: float, df: int) -> float:
+    """Two-sided p of Student's t, Abramowitz & Stegun 26.7.3 / 26.7.4: with theta = atan(|t| / sqrt(df)),
+    A = 2 / pi * (theta + sin(theta) * (cos(theta) + 2/3 cos^3 + 2*4/(3*5) cos^5 + ...)) for odd df,
+    A = sin(theta) * (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...) for even df (series up to cos^(df - 2)); p = 1 - A."""
+    import math
+
+    theta = math.atan(abs(t) / math.sqrt(df))
+    s, c = math.sin(theta), math.cos(theta)
+    if df % 2:
+        series, term = 0.0, c  # cos, 2/3 cos^3, ...
+        for k in range(1, df - 1, 2):
+            series += term
+            term *= (k + 1) / (k + 2) * c * c
+        a = 2 / math.pi * (theta + (s * series if df > 1 else 0.0))
+    else:
+        series, term = 0.0, 1.0  # 1, 1/2 cos^2, 1*3/(2*4) cos^4, ...
+        for k in range(0, df - 1, 2):
+            series += term
+            term *= (k + 1) / (k + 2) * c * c
+        a = s * series
+    return 1 - a
+
+
+def paired_t_by_hand(values, initial) -> float:
+    """t of the mean of `values - initial` against 0: mean / (sample sd / sqrt(n))."""
+    import math
+
+    d = [v - i for v, i in zip(values, initial, strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    return mean / (sd / math.sqrt(n))

@@ -7,8 +7,9 @@ sibling files.
 For each supported family (Llama, Mistral, Qwen2, Gemma, ...) this module defines `<Family>WGQAConfig`, a subclass of
 the family's own config whose `num_key_value_heads` is the G heads the attention reads, plus:
 
-    gqa_kv_weights (`str`): the shape of the learned weights that combine each group's K/V heads (`scalar`,
-        `vector_out` or `vector_in`, see `weighted_kv.py`).
+    gqa_kv_weights (`str`): how each group's K/V heads are combined: the shape of the learned weights (`scalar`,
+        `vector_out` or `vector_in`), or `mean`, no weights (the plain mean of the group's heads); see
+        `weighted_kv.py`.
     gqa_kv_source_heads (`dict[str, int]`): `{"self": C}`, the K/V heads the weighted projections keep (each group of
         `C // G` contiguous heads is combined into one). Defaults to `num_attention_heads`.
 

@@ -10,20 +10,25 @@ attention reads:
     W_g = sum_i m_i * W_i  (and b_g = sum_i m_i * b_i)    over the heads i of group g
 
 The projection weights are combined *before* the matmul, so the layer outputs G heads: the KV cache holds G heads even
-while training and no repeated heads are materialised. The mixing weights `mixer.weight` have one of three shapes:
+while training and no repeated heads are materialised. The learned mixing weights `mixer.weight` have one of three
+shapes (`LEARNED_SHAPES`):
 
-- `scalar` (C,): one weight per head (the paper's);
+- `scalar` (C,): one weight per head (WGQA's);
 - `vector_out` (C, d): one per output feature of each head;
 - `vector_in` (C, d_in): one per input feature of each head (a bias is scaled by the mean of its head's weights).
 
-With every weight 1 / r (`mean`) the layer is exactly the mean-pooled GQA projection. After uptraining, `fold()`
-returns the plain `nn.Linear` with G heads, and the extra parameters are gone.
+With every weight 1 / r the layer is exactly the mean-pooled GQA projection. The fourth combination, `mean`, is that
+mean with no weights at all (no `mixer`, nothing for an optimizer to train): every group is always the plain mean of
+the heads it holds, as SimGQA regrouped while uptraining needs (the WGQA paper's SimGQA mean-pools regrouped heads).
+After uptraining, `fold()` returns the plain `nn.Linear` with G heads, and the extra parameters are gone.
 """
 
 import torch
 from torch import nn
 
-WEIGHT_SHAPES = ("scalar", "vector_out", "vector_in")
+LEARNED_SHAPES = ("scalar", "vector_out", "vector_in")
+MEAN = "mean"  # no weights: each group is the mean of its heads
+WEIGHT_SHAPES = (*LEARNED_SHAPES, MEAN)  # every value of a training form's `gqa_kv_weights`
 
 
 def mixer_shape(shape: str, num_heads: int, head_dim: int, in_features: int) -> tuple[int, ...]:
@@ -34,21 +39,37 @@ def mixer_shape(shape: str, num_heads: int, head_dim: int, in_features: int) -> 
         return (num_heads, head_dim)
     if shape == "vector_in":
         return (num_heads, in_features)
+    if shape == MEAN:
+        raise ValueError("`mean` K/V projections have no mixing weights")
     raise ValueError(f"unknown K/V weight shape {shape!r}; choose one of {', '.join(WEIGHT_SHAPES)}")
 
 
-def _split(rows: int, mixer: torch.Tensor, num_groups: int) -> tuple[int, int]:
-    num_heads = mixer.shape[0]
+def mixer_parameters(shape: str, num_heads: int, head_dim: int, in_features: int) -> int:
+    """How many mixing weights a projection of `num_heads` heads has (0 for `mean`)."""
+    if shape == MEAN:
+        return 0
+    count = 1
+    for size in mixer_shape(shape, num_heads, head_dim, in_features):
+        count *= size
+    return count
+
+
+def _split(rows: int, num_heads: int, num_groups: int) -> tuple[int, int]:
     if num_heads % num_groups or rows % num_heads:
         raise ValueError(f"cannot group {num_heads} heads (a projection of {rows} rows) into {num_groups} groups")
     return num_heads // num_groups, rows // num_heads
 
 
-def mix_weight(weight: torch.Tensor, mixer: torch.Tensor, num_groups: int, shape: str) -> torch.Tensor:
-    """`(C * d, d_in)` projection rows and `(C, ...)` mixing weights -> the `(G * d, d_in)` grouped projection."""
-    ratio, head_dim = _split(weight.shape[0], mixer, num_groups)
+def mix_weight(
+    weight: torch.Tensor, mixer: torch.Tensor | None, num_groups: int, shape: str, num_heads: int | None = None
+) -> torch.Tensor:
+    """`(C * d, d_in)` projection rows and `(C, ...)` mixing weights -> the `(G * d, d_in)` grouped projection.
+    `mean` has no mixing weights (`mixer` None, `num_heads` C given): each group is the mean of its heads."""
+    ratio, head_dim = _split(weight.shape[0], mixer.shape[0] if mixer is not None else num_heads, num_groups)
     in_features = weight.shape[1]
     heads = weight.reshape(num_groups, ratio, head_dim, in_features)
+    if shape == MEAN:
+        return heads.mean(dim=1).reshape(num_groups * head_dim, in_features)
     mixer = mixer.to(weight.dtype)
     if shape == "scalar":
         mixed = torch.einsum("grdi,gr->gdi", heads, mixer.reshape(num_groups, ratio))
@@ -61,10 +82,14 @@ def mix_weight(weight: torch.Tensor, mixer: torch.Tensor, num_groups: int, shape
     return mixed.reshape(num_groups * head_dim, in_features)
 
 
-def mix_bias(bias: torch.Tensor, mixer: torch.Tensor, num_groups: int, shape: str) -> torch.Tensor:
-    """`(C * d,)` bias and the projection's mixing weights -> the `(G * d,)` grouped bias."""
-    ratio, head_dim = _split(bias.shape[0], mixer, num_groups)
+def mix_bias(
+    bias: torch.Tensor, mixer: torch.Tensor | None, num_groups: int, shape: str, num_heads: int | None = None
+) -> torch.Tensor:
+    """`(C * d,)` bias and the projection's mixing weights (None for `mean`) -> the `(G * d,)` grouped bias."""
+    ratio, head_dim = _split(bias.shape[0], mixer.shape[0] if mixer is not None else num_heads, num_groups)
     heads = bias.reshape(num_groups, ratio, head_dim)
+    if shape == MEAN:
+        return heads.mean(dim=1).reshape(num_groups * head_dim)
     mixer = mixer.to(bias.dtype)
     if shape == "vector_out":
         mixed = torch.einsum("grd,grd->gd", heads, mixer.reshape(num_groups, ratio, head_dim))
@@ -109,7 +134,8 @@ class WeightedKV(nn.Module):
     """A K or V projection of `num_heads` heads whose output is `num_groups` learned combinations of them.
 
     Attributes: `weight` `(num_heads * head_dim, in_features)` and `bias` (or None), as in the original projection;
-    `mixer`, the [`HeadMixer`]. `out_features` is `num_groups * head_dim`, what the attention reads.
+    `mixer`, the [`HeadMixer`] (None for `weights="mean"`). `out_features` is `num_groups * head_dim`, what the
+    attention reads.
     """
 
     def __init__(
@@ -134,7 +160,10 @@ class WeightedKV(nn.Module):
             self.bias = nn.Parameter(torch.empty(num_heads * head_dim, device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
-        self.mixer = HeadMixer(weights, num_heads, num_groups, head_dim, in_features, device=device, dtype=dtype)
+        if weights == MEAN:
+            self.mixer = None
+        else:
+            self.mixer = HeadMixer(weights, num_heads, num_groups, head_dim, in_features, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -143,16 +172,20 @@ class WeightedKV(nn.Module):
         if self.bias is not None:
             bound = self.in_features**-0.5 if self.in_features > 0 else 0.0
             nn.init.uniform_(self.bias, -bound, bound)
-        self.mixer.reset_parameters()
+        if self.mixer is not None:
+            self.mixer.reset_parameters()
 
     def grouped_weight(self) -> torch.Tensor:
         """The `(num_groups * head_dim, in_features)` weight the layer applies."""
-        return mix_weight(self.weight, self.mixer.weight, self.num_groups, self.weights)
+        return mix_weight(self.weight, self._mixing(), self.num_groups, self.weights, self.num_heads)
 
     def grouped_bias(self) -> torch.Tensor | None:
         if self.bias is None:
             return None
-        return mix_bias(self.bias, self.mixer.weight, self.num_groups, self.weights)
+        return mix_bias(self.bias, self._mixing(), self.num_groups, self.weights, self.num_heads)
+
+    def _mixing(self) -> torch.Tensor | None:
+        return None if self.mixer is None else self.mixer.weight
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(hidden_states, self.grouped_weight(), self.grouped_bias())
@@ -179,4 +212,14 @@ class WeightedKV(nn.Module):
         )
 
 
-__all__ = ["WEIGHT_SHAPES", "HeadMixer", "WeightedKV", "mix_bias", "mix_weight", "mixer_shape"]
+__all__ = [
+    "LEARNED_SHAPES",
+    "MEAN",
+    "WEIGHT_SHAPES",
+    "HeadMixer",
+    "WeightedKV",
+    "mix_bias",
+    "mix_weight",
+    "mixer_parameters",
+    "mixer_shape",
+]

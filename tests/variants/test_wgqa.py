@@ -18,7 +18,7 @@ from hf_gqa.conversion.sizes import weighted_kv_parameters
 from hf_gqa.conversion.streaming import save_streamed
 from hf_gqa.families import FORM_MODEL_TYPES
 from hf_gqa.modeling.configuration_wgqa_decoder import WGQA_FAMILIES
-from hf_gqa.modeling.weighted_kv import WEIGHT_SHAPES, mix_weight
+from hf_gqa.modeling.weighted_kv import LEARNED_SHAPES, WEIGHT_SHAPES, mix_weight
 
 INPUTS = batch()
 FAMILIES = ("t5", "llama", "qwen2")  # llama with attention_bias=True; qwen2 has k/v biases
@@ -55,7 +55,7 @@ def assert_close(a, b, atol=1e-5):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("shape", WEIGHT_SHAPES)
+@pytest.mark.parametrize("shape", LEARNED_SHAPES)
 def test_at_init_wgqa_is_gqa_and_keeps_every_head(family, shape):
     model = source(family)
     gqa = hf_gqa.convert(model, groups=2)
@@ -112,7 +112,7 @@ def test_gradients_reach_the_weights_and_every_head():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("shape", WEIGHT_SHAPES)
+@pytest.mark.parametrize("shape", LEARNED_SHAPES)
 def test_fold_equals_the_training_form(family, shape):
     wgqa = perturb(hf_gqa.convert(source(family), groups=2, variant="wgqa", weights=shape))
     folded = hf_gqa.fold(wgqa)
@@ -420,7 +420,7 @@ def test_cli_yaml_keys_and_t5(tmp_path, capsys):
 @pytest.mark.parametrize(
     "family, argv, message",
     [
-        ("llama", ["-g", 2, "--weights", "vector_in"], "apply to wgqa and randwgqa only, not to 'gqa'"),
+        ("llama", ["-g", 2, "--weights", "vector_in"], "apply to wgqa and randwgqa and simwgqa only, not to 'gqa'"),
         ("llama", ["--variant", "wgqa", "-g", 2, "--weights-init", "half"], "--weights-init must be mean or a number"),
         ("llama", ["--variant", "randwgqa", "-g", 2, "--weights-init", "0.5"], "randwgqa draws its weights from N"),
         ("llama", ["--variant", "wgqa"], "--groups is required for variant 'wgqa'"),

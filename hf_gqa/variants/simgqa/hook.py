@@ -1,4 +1,4 @@
-"""SimGQA's interval variant: regroup the heads of a WGQA training form every N optimizer steps.
+"""SimGQA's interval variant: regroup the heads of a training form that keeps every K/V head every N optimizer steps.
 
     model = hf_gqa.convert(source, variant="simgqa", groups=4, regroup_every=200)  # the training form
     hooks = [SimGQARegroup(every=200)]       # run_hooks(hooks, TrainingState(...)) after each optimizer step
@@ -6,10 +6,11 @@
     model = hf_gqa.fold(model)               # plain GQA at the end
 
 Every `every` steps the hook recomputes each block's similarity grouping from the current weights and moves whole
-heads so that the new groups are contiguous: query rows, the kept K/V rows, the mixing weights, output-projection
-columns, biases, per-head norms, and T5's per-layer bias order. The optimizer's per-parameter state (e.g. Adam's
-moments) is moved with the parameters, so training continues consistently. Regrouping changes which heads a group
-combines, so the model's output changes at that step, as in the paper.
+heads so that the new groups are contiguous: query rows, the kept K/V rows, output-projection columns, biases,
+per-head norms, T5's per-layer bias order, and (simwgqa, ours) the learned mixing weights. With simgqa (the paper's)
+there are no weights: each new group is the plain mean of the heads it now holds. The optimizer's per-parameter
+state (e.g. Adam's moments) is moved with the parameters, so training continues consistently. Regrouping changes
+which heads a group combines, so the model's output changes at that step, as in the paper.
 """
 
 import dataclasses
@@ -20,7 +21,7 @@ from ...core.hooks import TrainingHook, TrainingState
 from ...errors import HfGqaError
 from ...families import family_for
 from ..wgqa import FORM as WGQA_FORM
-from .reorder import reorder_map, similarity_orders
+from .reorder import SIMILARITY_SOURCES, reorder_map, similarity_orders
 from .variant import t5_bias_orders
 
 
@@ -29,7 +30,8 @@ def _training_form_blocks(config: dict):
     family, _ = family_for(config)
     if not WGQA_FORM.detect(config):
         raise HfGqaError(
-            "SimGQARegroup needs a WGQA training form (hf_gqa.convert(..., variant='simgqa', regroup_every=N))"
+            "SimGQARegroup needs a training form that keeps every K/V head "
+            "(hf_gqa.convert(..., variant='simgqa', regroup_every=N))"
         )
     view = family.form_stock_config(config, WGQA_FORM.name, WGQA_FORM.fields)
     kinds = set(config.get("gqa_kv_source_heads") or {})
@@ -39,9 +41,11 @@ def _training_form_blocks(config: dict):
 
 
 @torch.no_grad()
-def regroup_heads_(model, optimizer=None, similarity: str = "query") -> dict[str, list[int]]:
-    """Regroup a WGQA training form in place by head similarity (and its optimizer state). Returns the orders."""
+def regroup_heads_(model, optimizer=None, similarity: str | None = None) -> dict[str, list[int]]:
+    """Regroup a training form in place by head similarity (and its optimizer state). Returns the orders.
+    `similarity`: query, key or value (default: the conversion's `gqa_similarity`, else query)."""
     config = model.config.to_dict()
+    similarity = similarity or config.get("gqa_similarity") or "query"
     family, view, blocks, groups = _training_form_blocks(config)
     params = dict(model.named_parameters())
 
@@ -84,11 +88,16 @@ def _set_t5_head_order(model, head_order: dict) -> None:
 
 
 class SimGQARegroup(TrainingHook):
-    """Regroup heads by similarity every `every` optimizer steps (the paper's 200 or 1000)."""
+    """Regroup heads by similarity every `every` optimizer steps (the paper's 200 or 1000). `similarity`: query, key
+    or value (default: the one the model was converted with, `gqa_similarity` in its config, else query)."""
 
-    def __init__(self, every: int, similarity: str = "query"):
+    def __init__(self, every: int, similarity: str | None = None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise HfGqaError(f"SimGQARegroup: every must be a positive number of steps, got {every!r}")
+        if similarity is not None and similarity not in SIMILARITY_SOURCES:
+            raise HfGqaError(
+                f"SimGQARegroup: similarity must be one of {', '.join(SIMILARITY_SOURCES)}, got {similarity!r}"
+            )
         self.every, self.similarity, self.regroups = every, similarity, 0
         self.head_order = None  # T5: the per-layer bias orders, which live in the config, not in the weights
 

@@ -9,20 +9,22 @@ from .reorder import SIMILARITY_SOURCES
 @dataclass(frozen=True)
 class SimGQAOptions:
     similarity: str | None = option(
-        help="simgqa: which projection's per-head weights decide which heads share a group, by cosine similarity: "
-        "query (the paper's, default), key or value",
+        help="simgqa/simwgqa: which projection's per-head weights decide which heads share a group, by cosine "
+        "similarity: query (the paper's, default), key or value",
         type=str,
         choices=SIMILARITY_SOURCES,
         together="simgqa",
-        variants=("simgqa",),
+        variants=("simgqa", "simwgqa"),
     )
     regroup_every: int | None = option(
-        help="simgqa: regroup every N optimizer steps while uptraining (the paper tried 200 and 1000): writes the "
-        "WGQA training form, to run with the SimGQARegroup(every=N) hook and fold at the end (default: once, now)",
+        help="simgqa/simwgqa: regroup every N optimizer steps while uptraining (the paper tried 200 and 1000): "
+        "writes a training form that keeps every K/V head, to run with the SimGQARegroup(every=N) hook and fold at "
+        "the end. simgqa: each group is the plain mean of its heads, no weights are trained (the paper's); simwgqa: "
+        "WGQA's learned weights, carried with their heads (ours) (default: group once, now)",
         type=int,
         metavar="N",
         together="simgqa",
-        variants=("simgqa",),
+        variants=("simgqa", "simwgqa"),
     )
 
 

@@ -5,13 +5,18 @@ groups are equal-sized for any group size (`hf_gqa.core.similarity`). The reorde
 K/V rows, output-projection columns, biases and per-head norms together, and T5's shared relative position bias
 through a per-layer order in the config, so on its own it preserves the function (`reorder.py`). Then:
 
-- once (default): each group is mean-pooled as in GQA. For the decoder families the result is a stock checkpoint:
-  after the reorder the groups are contiguous, the only grouping stock transformers knows.
-- every N steps (`regroup_every`, the paper's 200 and 1000): the output is the WGQA training form, which keeps every
-  K/V head, so that the `hf_gqa.training.SimGQARegroup(every=N)` hook can regroup while uptraining; fold at the end.
+- `simgqa`, once (default): each group is mean-pooled as in GQA. For the decoder families the result is a stock
+  checkpoint: after the reorder the groups are contiguous, the only grouping stock transformers knows.
+- `simgqa` every N steps (`regroup_every`; the paper's 200 and 1000): the paper's interval SimGQA. The output is the
+  WGQA training form with `gqa_kv_weights: mean`: every K/V head is kept and each group is the plain mean of its
+  heads, with no weights for an optimizer to train, so that the `hf_gqa.training.SimGQARegroup(every=N)` hook can
+  regroup while uptraining and the new groups are again mean-pooled; fold at the end.
+- `simwgqa` (ours, not in the paper): the same reorder, then WGQA's learned weights (`weights`, `weights_init`);
+  with `regroup_every` the hook regroups while uptraining and the learned weights move with their heads.
 """
 
 from ...errors import HfGqaError
+from ...modeling.weighted_kv import MEAN
 from ..base import Variant
 from ..wgqa import WGQA
 from .options import SimGQAOptions
@@ -20,13 +25,17 @@ from .reorder import SIMILARITY_SOURCES, reorder_map, similarity_orders
 
 class SimGQA(WGQA):
     name = "simgqa"
-    summary = "gqa after reordering heads so that similar ones share a group (--regroup-every N: while uptraining)"
+    summary = (
+        "gqa after reordering heads so that similar ones share a group (--regroup-every N: regrouped while "
+        "uptraining, each group the mean of its heads, as in the paper)"
+    )
     options = SimGQAOptions
-    accepts = ("weights", "weights_init")  # with --regroup-every: the WGQA training form's
 
-    @staticmethod
-    def _once(spec) -> bool:
+    def _once(self, spec) -> bool:
         return spec.regroup_every is None
+
+    def weight_shape(self, spec) -> str:
+        return MEAN  # the paper mean-pools the regrouped heads: no weights to learn
 
     def check_spec(self, spec) -> None:
         if spec.similarity is not None and spec.similarity not in SIMILARITY_SOURCES:
@@ -37,12 +46,18 @@ class SimGQA(WGQA):
             isinstance(spec.regroup_every, bool) or not isinstance(spec.regroup_every, int) or spec.regroup_every < 1
         ):
             raise HfGqaError(f"--regroup-every must be a positive number of steps, got {spec.regroup_every!r}")
+        self.check_weights_options(spec)
         if self._once(spec):
             Variant.check_spec(self, spec)
-            if spec.weights is not None or spec.weights_init is not None:
-                raise HfGqaError("--weights and --weights-init apply to simgqa only with --regroup-every")
         else:
             super().check_spec(spec)
+
+    def check_weights_options(self, spec) -> None:
+        if spec.weights is not None or spec.weights_init is not None:
+            raise HfGqaError(
+                "simgqa mean-pools its groups, as the paper does: --weights and --weights-init apply to simwgqa "
+                "(learned weights, ours)"
+            )
 
     def provenance(self, spec) -> dict:
         entries = {"gqa_similarity": spec.similarity or "query", "gqa_regroup_every": spec.regroup_every}
@@ -51,8 +66,8 @@ class SimGQA(WGQA):
     def kv_heads(self, kind, num_heads, current, requested):
         if current != num_heads:
             raise HfGqaError(
-                f"simgqa regroups heads, so it needs one key/value head per query head; this {kind} attention has "
-                f"{current} for {num_heads} query heads (expand it first with --variant mha)"
+                f"{self.name} regroups heads, so it needs one key/value head per query head; this {kind} attention "
+                f"has {current} for {num_heads} query heads (expand it first with --variant mha)"
             )
         return super().kv_heads(kind, num_heads, current, requested)
 
@@ -71,7 +86,9 @@ class SimGQA(WGQA):
 
     def prelude(self, family, config, blocks, kv_heads, spec, get):
         if get is None:
-            raise HfGqaError("simgqa groups heads by their weights: it needs the checkpoint's tensors, not a config")
+            raise HfGqaError(
+                f"{self.name} groups heads by their weights: it needs the checkpoint's tensors, not a config"
+            )
         chosen = [b for b in blocks if b.kind in kv_heads]
         group_size = {kind: b.num_heads // after for b in chosen for kind, (_, after) in [(b.kind, kv_heads[b.kind])]}
         orders = similarity_orders(family, config, chosen, group_size, get, spec.similarity or "query")
@@ -88,7 +105,7 @@ def t5_bias_orders(config: dict, blocks, orders: dict[str, list[int]]) -> dict[s
     for block in blocks:
         if block.kind not in ("encoder", "decoder_self"):
             continue  # cross-attention has no position bias
-        layer = int(block.prefix.split(".")[2])  # "{encoder,decoder}.block.{i}.layer.N.SelfAttention"
+        layer = int(block.prefix.split(".block.")[-1].split(".")[0])  # "[transformer.]encoder.block.{i}.layer.0..."
         layers = result.setdefault(block.kind, [])
         layers += [None] * (layer + 1 - len(layers))
         old = layers[layer] or list(range(block.num_heads))
@@ -96,6 +113,25 @@ def t5_bias_orders(config: dict, blocks, orders: dict[str, list[int]]) -> dict[s
     return result
 
 
-VARIANTS = (SimGQA,)
+class SimWGQA(SimGQA):
+    """Ours, not the paper's: SimGQA's reorder, then WGQA's learned weights (always the training form)."""
 
-__all__ = ["VARIANTS", "SimGQA", "t5_bias_orders"]
+    name = "simwgqa"
+    summary = (
+        "ours: simgqa whose groups combine their heads with WGQA's learned weights (--regroup-every N: regrouped "
+        "while uptraining, the weights moving with their heads)"
+    )
+
+    def _once(self, spec) -> bool:
+        return False
+
+    def weight_shape(self, spec) -> str:
+        return WGQA.weight_shape(self, spec)
+
+    def check_weights_options(self, spec) -> None:
+        pass  # WGQA's checks apply (super().check_spec)
+
+
+VARIANTS = (SimGQA, SimWGQA)
+
+__all__ = ["VARIANTS", "SimGQA", "SimWGQA", "t5_bias_orders"]

@@ -4,7 +4,8 @@ The training form keeps every K and V projection and adds, next to each (`<proj>
 combine each group's heads into one of the G heads: `t5_gqa` with `gqa_kv_weights`, or `<family>_wgqa`.
 
 The fold turns it into the plain GQA model: each weighted K/V projection becomes the G-head projection it computes
-(`W_g = sum_i m_i W_i`, biases likewise), and the mixing weights are gone. T5 stays `t5_gqa` (without
+(`W_g = sum_i m_i W_i`, biases likewise; with `gqa_kv_weights: mean`, SimGQA regrouped while uptraining, the plain
+mean of the group's heads), and the mixing weights are gone. T5 stays `t5_gqa` (without
 `gqa_kv_weights`); the decoder families become a stock checkpoint of their family with `num_key_value_heads=G`. The
 fold is a `TensorMap` like any conversion, so it runs in memory or shard by shard with bit-identical results, and
 converting a training form folds it first.
@@ -18,7 +19,7 @@ import torch
 
 from ...core.tensormap import TensorMap, TensorOp
 from ...errors import CheckpointError, HfGqaError
-from ...modeling.weighted_kv import mix_bias, mix_weight, mixer_shape
+from ...modeling.weighted_kv import MEAN, mix_bias, mix_weight, mixer_parameters
 from ..base import Form
 
 MIXER_SUFFIX = "mixer.weight"
@@ -37,13 +38,17 @@ def is_training_form(config) -> bool:
     return bool(get("gqa_kv_weights"))
 
 
-def _fold_weight(weight, mixer, key: str, heads: int, groups: int, shape: str) -> torch.Tensor:
-    if mixer.shape[0] != heads or weight.dim() != 2 or weight.shape[0] % heads:
+def _fold_weight(weight, mixer=None, *, key: str, heads: int, groups: int, shape: str) -> torch.Tensor:
+    if (mixer is not None and mixer.shape[0] != heads) or weight.dim() != 2 or weight.shape[0] % heads:
+        got = "" if mixer is None else f" with mixing weights of shape {tuple(mixer.shape)}"
         raise CheckpointError(
-            f"{key} of shape {tuple(weight.shape)} with mixing weights of shape {tuple(mixer.shape)} is not "
-            f"{heads} weighted heads, as the config says"
+            f"{key} of shape {tuple(weight.shape)}{got} is not {heads} weighted heads, as the config says"
         )
-    return mix_weight(weight, mixer, groups, shape).contiguous()
+    return mix_weight(weight, mixer, groups, shape, heads).contiguous()
+
+
+def _fold_bias(bias, mixer=None, *, heads: int, groups: int, shape: str) -> torch.Tensor:
+    return mix_bias(bias, mixer, groups, shape, heads)
 
 
 class WGQAForm(Form):
@@ -68,13 +73,14 @@ class WGQAForm(Form):
             if heads is None:
                 continue
             for key in (k for k in block.kv_keys if k not in block.norm_keys):
-                mixer = mixer_key(key)
+                inputs = (key,) if shape == MEAN else (key, mixer_key(key))  # `mean` has no mixing weights
                 fold = partial(_fold_weight, key=key, heads=heads, groups=block.kv_heads, shape=shape)
-                ops[key] = TensorOp((key, mixer), fold)
-                required.update((key, mixer))
+                ops[key] = TensorOp(inputs, fold)
+                required.update(inputs)
                 bias = key.removesuffix("weight") + "bias"
                 if bias in block.optional_kv_keys:
-                    ops[bias] = TensorOp((bias, mixer), partial(mix_bias, num_groups=block.kv_heads, shape=shape))
+                    mix = partial(_fold_bias, heads=heads, groups=block.kv_heads, shape=shape)
+                    ops[bias] = TensorOp((bias, *inputs[1:]), mix)
                     optional.add(bias)
         if not ops:
             raise HfGqaError(f"the {config.get('model_type')} training form names no weighted attention to fold")
@@ -91,9 +97,7 @@ class WGQAForm(Form):
         total = 0
         for block in family.attention_blocks(family.form_stock_config(config, self.name, self.fields)):
             if block.kind in source_heads:
-                n = 1
-                for dim in mixer_shape(shape, source_heads[block.kind], block.head_dim, in_features):
-                    n *= dim
+                n = mixer_parameters(shape, source_heads[block.kind], block.head_dim, in_features)
                 total += 2 * n  # keys and values
         return total
 

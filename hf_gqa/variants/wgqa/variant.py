@@ -17,7 +17,7 @@ import torch
 from ...core.grouping import key_generator, valid_group_counts
 from ...core.tensormap import TensorOp, keep
 from ...errors import CheckpointError, HfGqaError, InvalidGroupsError
-from ...modeling.weighted_kv import WEIGHT_SHAPES, mixer_shape
+from ...modeling.weighted_kv import LEARNED_SHAPES, MEAN, mixer_shape
 from ..base import Variant
 from .form import FORM, mixer_key
 from .options import WGQAOptions
@@ -32,12 +32,12 @@ class WGQA(Variant):
         super().check_spec(spec)
         if spec.init != "mean":
             raise HfGqaError(f"--init applies to gqa and mqa; {self.name} keeps every K/V head (see --weights-init)")
-        if spec.weights is not None and spec.weights not in WEIGHT_SHAPES:
-            raise HfGqaError(f"unknown --weights {spec.weights!r}; choose one of {', '.join(WEIGHT_SHAPES)}")
+        if spec.weights is not None and spec.weights not in LEARNED_SHAPES:
+            raise HfGqaError(f"unknown --weights {spec.weights!r}; choose one of {', '.join(LEARNED_SHAPES)}")
         self.init_value(spec)
 
-    @staticmethod
-    def weight_shape(spec) -> str:
+    def weight_shape(self, spec) -> str:
+        """The training form's `gqa_kv_weights`: a learned shape, or `mean` (no weights; SimGQA's)."""
         return spec.weights or "scalar"
 
     @staticmethod
@@ -101,7 +101,8 @@ class WGQA(Variant):
                 return self.initial_weights(size, spec, current, new, key_generator(spec.seed, mixer)).to(weight.dtype)
 
             ops[key] = TensorOp((key,), keep)  # kept as it is (an op's input is consumed unless also its output)
-            ops[mixer] = TensorOp((key,), make_mixer)
+            if shape != MEAN:  # `mean`: no weights, each group is the mean of its heads
+                ops[mixer] = TensorOp((key,), make_mixer)
         return ops
 
     def check_dtype(self, spec, config: dict) -> None:
