@@ -4,8 +4,14 @@
     accelerate launch recipes/uptrain_summarization.py --config recipes/configs/t5-small_gqa.yaml
     python recipes/uptrain_summarization.py --config recipes/configs/t5-small_gqa.yaml --seed 1   # one process
 
-The same script runs on one CPU, one GPU or several (`accelerate config` picks the processes and the mixed
-precision). It follows transformers' `run_summarization_no_trainer.py`, as a thin script over `hf_gqa.training`:
+The same script runs on one CPU, one GPU or several (`accelerate config`, or a config of `recipes/accelerate/`:
+DDP, FSDP, DeepSpeed ZeRO-2/3, picks the processes and the mixed precision). On N processes a step's loss is the
+mean over the label tokens of its global batch (per-device batch x processes x accumulation steps), so the same
+global batch gives the same losses on 1 or N processes; evaluation scores each example once. N CPU processes:
+`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...` (`--cpu --num_processes N` starts one
+process unless MPI is set up).
+
+It follows transformers' `run_summarization_no_trainer.py`, as a thin script over `hf_gqa.training`:
 the options are `hf_gqa.training.arguments.UptrainArguments` and the loop is `hf_gqa.training.loop.train`, beside
 the data, ROUGE, evaluation, checkpoints, LoRA and hooks, where the tests cover them.
 

@@ -112,3 +112,49 @@ def argv(model, output, cnndm, cache, *extra) -> list[str]:
 def train_losses(output: Path) -> list[tuple[int, float]]:
     records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_no_dropout(tmp_path_factory, t5_tokenizer_dir):
+    """`tiny_t5` without dropout: runs that split a batch differently across processes can then agree exactly
+    (dropout draws a mask per process and micro-batch, which no split of the batch reproduces)."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("recipe") / "tiny-t5-no-dropout"
+    make_t5("t5", vocab_size=32128, dropout_rate=0.0).save_pretrained(path)
+    AutoTokenizer.from_pretrained(t5_tokenizer_dir).save_pretrained(path)
+    return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], num_processes: int = 2, timeout: float = 600) -> str:
+    """Run the script on N CPU processes (gloo, one thread each); returns its output, and fails the test with its
+    tail when it does not exit 0. `accelerate launch --multi_gpu` starts the N processes (torchrun) and
+    ACCELERATE_USE_CPU makes them one CPU job; `accelerate launch --cpu --num_processes N` would start one process
+    (it needs MPI for more)."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+               "--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), str(SCRIPT), *args]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parent),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "true",
+    }
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    return output

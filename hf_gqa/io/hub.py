@@ -7,7 +7,13 @@ from huggingface_hub import HfApi
 from ..errors import HfGqaError
 
 
-def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload model converted with hf-gqa",
+) -> str:
     """Create `repo_id` if needed and upload `folder` to it; returns the commit URL. A failed upload (offline, no
     token, no access, network) is one line that says the folder is kept."""
     api = HfApi(token=token)
@@ -17,7 +23,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: 
             repo_id=repo_id,
             folder_path=str(folder),
             repo_type="model",
-            commit_message="Upload model converted with hf-gqa",
+            commit_message=commit_message,
         )
     except Exception as error:  # offline mode, no token, no access (OSErrors), the HTTP client's network errors
         if not isinstance(error, (OSError, ValueError)) and not _from_network_library(error):

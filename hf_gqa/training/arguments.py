@@ -8,17 +8,20 @@ The conversion fields (`convert_variant`, `groups`, `convert_init`, ...) are gen
 import argparse
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from ..conversion.cards import is_hub_id
 from ..core.options import Option, load_yaml_mapping
 from ..errors import HfGqaError
 from ..spec import OPTIONS
 from .data import DEFAULT_PROMPT_TEMPLATE
 from .distill import TEACHER_DTYPES
 from .model import resolve_hook
+from .trackers import resolve_report_to
 
 DESCRIPTION = "Uptrain a grouped-query-attention model on summarization, with Accelerate, and score it with ROUGE."
 
@@ -122,8 +125,28 @@ class _RunArguments:
         default=False,
     )
     logging_steps: int = _help("log the mean loss every N optimizer steps", default=10)
-    tensorboard: bool = _help("also log to TensorBoard when it is installed", default=True)
+    report_to: list[str] | None = _help(
+        "experiment trackers, through Accelerate: tensorboard, trackio, wandb, mlflow, aim, comet_ml, clearml, "
+        "dvclive, swanlab (installed ones), 'all' (every installed one) or 'none'; local ones write under OUT/runs "
+        "(default: tensorboard when installed, else none); log.jsonl, train_log.csv and eval_log.csv are always "
+        "written",
+        default=None,
+    )
+    tensorboard: bool | None = _help(
+        "deprecated: use --report-to tensorboard (true) or --report-to none (false)", default=None
+    )
     run_name: str | None = _help("a label for reports (default: the variant)", default=None)
+    # --- the Hub ---------------------------------------------------------------------------------------------------
+    push_to_hub: bool = _help(
+        "upload the final model (inference form: LoRA merged, WGQA folded) with its tokenizer and a model card "
+        "holding the run's options and results (model-index) to --hub-model-id, as Trainer.push_to_hub does; needs "
+        "Hub access and a token (`hf auth login` or HF_TOKEN)",
+        default=False,
+    )
+    hub_model_id: str | None = _help(
+        "with --push-to-hub: the Hub repo id, e.g. me/t5-small-gqa4-uptrained", default=None
+    )
+    hub_private: bool = _help("with --push-to-hub: create the repo as private", default=False)
 
 
 def conversion_field_name(name: str) -> str:
@@ -186,7 +209,7 @@ def parse_args(argv: list[str] | None = None) -> UptrainArguments:
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise HfGqaError(f"--config {known.config!r}: unknown option {unknown[0]!r}")
-        for key in ("convert_attention", "hooks"):
+        for key in ("convert_attention", "hooks", "report_to"):
             if isinstance(values.get(key), str):
                 values[key] = [values[key]]
         parser.set_defaults(**values)
@@ -214,6 +237,13 @@ def check_args(args: UptrainArguments) -> None:
         if getattr(args, name) < 1:
             raise HfGqaError(f"--{name.replace('_', '-')} must be at least 1")
     _check_distill(args)
+    with warnings.catch_warnings():  # the deprecation warning is given once, when the Accelerator is made
+        warnings.simplefilter("ignore", FutureWarning)
+        resolve_report_to(args)  # an unknown or uninstalled tracker: one line, before anything is built
+    if args.push_to_hub and not args.hub_model_id:
+        raise HfGqaError("--push-to-hub needs --hub-model-id (the Hub repo, e.g. me/t5-small-gqa4-uptrained)")
+    if args.hub_model_id and not is_hub_id(args.hub_model_id):
+        raise HfGqaError(f"--hub-model-id {args.hub_model_id!r} is not a Hub repo id (org/name)")
     for spec in args.hooks or []:
         resolve_hook(spec)  # the class is checked before anything is built, and nothing is called yet
     for name in ("train_file", "validation_file"):

@@ -402,7 +402,10 @@ def load_checkpoint(
             )
         _apply(folder, None, "state", accelerator.load_state, str(folder))
     else:
-        _apply(folder, MODEL_FILE, "model", load_model, model, folder / MODEL_FILE, True, "cpu")
+        # into the model itself: save_state wrote its weights unwrapped (no DDP `module.` prefix)
+        _apply(
+            folder, MODEL_FILE, "model", load_model, accelerator.unwrap_model(model), folder / MODEL_FILE, True, "cpu"
+        )
         state = _torch_load(folder, "optimizer.bin", trust, map_location="cpu")
         _apply(folder, "optimizer.bin", "optimizer", optimizer.load_state_dict, state)
         state = _torch_load(folder, "scheduler.bin", trust)

@@ -337,12 +337,18 @@ class ResumableSampler(torch.utils.data.Sampler):
     `start_epoch(epoch, skip)` selects the epoch's permutation and drops its first `skip` examples, so a resumed
     run sees exactly the batches the interrupted one had left. (It has no `set_epoch`: Accelerate's data loader
     would call that on every new iterator.)
+
+    `multiple_of` (the per-process batch times the number of processes, on more than one process) completes each
+    epoch's order with examples from its start, so that every process gets a full last batch. Accelerate would
+    otherwise complete it from the start of what the sampler yields, which after a resume mid-epoch is not the
+    epoch's start: the resumed run would train on other examples than the uninterrupted one.
     """
 
-    def __init__(self, num_examples: int, seed: int, shuffle: bool = True):
+    def __init__(self, num_examples: int, seed: int, shuffle: bool = True, multiple_of: int = 1):
         self.num_examples = num_examples
         self.seed = seed
         self.shuffle = shuffle
+        self.multiple_of = max(int(multiple_of), 1)
         self.epoch = 0
         self.skip = 0
 
@@ -350,16 +356,43 @@ class ResumableSampler(torch.utils.data.Sampler):
         self.epoch, self.skip = epoch, skip
 
     def order(self, epoch: int) -> list[int]:
+        """The epoch's examples in order, completed to a multiple of `multiple_of` (see the class)."""
         if not self.shuffle:
-            return list(range(self.num_examples))
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(self.num_examples, generator=generator).tolist()
+            order = list(range(self.num_examples))
+        else:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.num_examples, generator=generator).tolist()
+        missing = -len(order) % self.multiple_of
+        while missing and order:
+            order += order[:missing]
+            missing = -len(order) % self.multiple_of
+        return order
+
+    def epoch_length(self) -> int:
+        return -(-self.num_examples // self.multiple_of) * self.multiple_of if self.num_examples else 0
 
     def __iter__(self):
         yield from self.order(self.epoch)[self.skip :]
 
     def __len__(self) -> int:
-        return max(self.num_examples - self.skip, 0)
+        return max(self.epoch_length() - self.skip, 0)
+
+
+def label_token_counts(dataset, shift: bool) -> list[int]:
+    """How many label tokens each example's loss averages over: its labels other than -100, and for a decoder-only
+    model (`shift`) from the second position on, as its shifted cross-entropy counts them."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    counts: list[int] = []
+    for table in dataset.with_format("arrow").iter(batch_size=4096):  # Arrow: no Python list per token
+        labels = table.column("labels").combine_chunks()
+        if shift:
+            labels = pc.list_slice(labels, 1)
+        values = pc.list_flatten(labels).to_numpy(zero_copy_only=False)
+        rows = pc.list_parent_indices(labels).to_numpy(zero_copy_only=False)
+        counts += np.bincount(rows, weights=values != -100, minlength=len(labels)).astype(int).tolist()
+    return counts
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
@@ -375,6 +408,7 @@ __all__ = [
     "SummarizationCollator",
     "aclsum_dir",
     "detokenize",
+    "label_token_counts",
     "load_summarization_splits",
     "tokenize_summarization",
     "write_jsonl",

@@ -14,18 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..core.hooks import TrainingState, run_hooks
+from ..variants.wgqa.weights_log import log_mixing_weights
 from .arguments import UptrainArguments, check_args
 from .checkpoint import Progress, load_checkpoint, resolve_resume, save_checkpoint, seed_micro_step
 from .data import (
     write_jsonl,
 )
 from .distill import distillation_loss, teacher_logits
+from .distributed import (
+    StatisticsSync,
+    check_hooks_supported,
+    check_sharding_supported,
+    check_world_size,
+    shards_weights,
+)
 from .evaluation import decode_throughput, evaluate_summarization
 from .lora import merge_lora
 from .model import (
@@ -33,16 +40,17 @@ from .model import (
     fold,
     trainable_parameters,
 )
+from .publish import publish_model
 from .run import Loop, Run, build_run, check_output_dir, new_window, prepare_output_dir
 from .runlog import RunLogger
+from .trackers import make_accelerator
 
 
 def train(args: UptrainArguments) -> dict:
     """Uptrain `args.model_name_or_path` as `args` says; returns the final metrics (also in `all_results.json`)."""
     check_args(args)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision
-    )
+    accelerator = make_accelerator(args)  # with the trackers of --report-to (trackers.py)
+    check_world_size(accelerator)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir, trust=args.trust_checkpoint)
     output_dir = check_output_dir(args, resume is not None)
     set_seed(args.seed)
@@ -53,8 +61,11 @@ def train(args: UptrainArguments) -> dict:
     _train_steps(run)
     train_runtime = time.perf_counter() - start
     results, final, predictions = _final_evaluation(run, train_runtime)
+    # FSDP, ZeRO-3: every process takes part in gathering the whole weights, which the main process saves
+    state_dict = accelerator.get_state_dict(run.model) if shards_weights(accelerator) else None
     if accelerator.is_main_process:
-        _save_results(run, results, final, predictions)
+        _save_results(run, results, final, predictions, state_dict)
+        publish_model(output_dir, args, results)  # the model card, and the upload with --push-to-hub
     run.logger.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -68,16 +79,21 @@ def _start(run: Run, resume: Path | None) -> None:
     """Load the checkpoint to resume from, start the hooks and the log, and describe the run."""
     accelerator = run.accelerator
     run.progress = Progress()
+    check_hooks_supported(accelerator, run.hooks)
+    check_sharding_supported(accelerator, accelerator.unwrap_model(run.model), bool(run.args.lora_r))
     if resume is not None:  # hf-gqa loads the checkpoint itself: no pickle unless trusted (see checkpoint.py)
         parts = (run.model, run.optimizer, run.scheduler, run.progress, run.hooks)
         load_checkpoint(accelerator, resume, *parts, trust=run.args.trust_checkpoint)
         accelerator.print(f"resumed from {resume} at step {run.progress.step}")
     # After a resume, hooks restore what lives outside the weights (e.g. T5 SimGQA's per-layer bias order).
     run_hooks(run.hooks, _hook_state(run), "on_train_begin")
+    if accelerator.is_main_process:  # WGQA's learned K/V weights, for `hf-gqa report` (variants/wgqa/weights_log.py)
+        log_mixing_weights(accelerator.unwrap_model(run.model), run.output_dir, run.progress.step, first=True)
     run.logger = RunLogger(
         run.output_dir,
         enabled=accelerator.is_main_process,
-        tensorboard=run.args.tensorboard,
+        accelerator=accelerator,
+        config=dataclasses.asdict(run.args),
         resume_step=run.progress.step if resume is not None else None,
     )
     run.resolved = _describe_run(run)
@@ -138,16 +154,24 @@ def _train_steps(run: Run) -> None:
     loop = Loop(
         step_loss=torch.zeros((), device=accelerator.device),
         bar=tqdm(total=run.max_train_steps, initial=progress.step, disable=not accelerator.is_local_main_process),
+        step_count=torch.zeros((), device=accelerator.device),
+        statistics=StatisticsSync(accelerator.unwrap_model(run.model), accelerator),
     )
     run.model.train()
     first_epoch, steps_done_in_epoch = divmod(progress.step, run.steps_per_epoch)
+    # One optimizer step takes the next `global_batch` examples of the epoch's order: process p's micro-batch m of
+    # the step is the sampler's batch (m * processes + p) of it (accelerate's sharding of the batch sampler).
+    global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     for epoch in range(first_epoch, run.num_epochs):
         if progress.step >= run.max_train_steps:
             break
         skip = steps_done_in_epoch if epoch == first_epoch else 0
-        examples_per_micro_step = args.per_device_train_batch_size * accelerator.num_processes
-        run.data.sampler.start_epoch(epoch, skip * args.gradient_accumulation_steps * examples_per_micro_step)
+        run.data.sampler.start_epoch(epoch, skip * global_batch)
+        order = run.data.sampler.order(epoch)
         for batch in run.data.train_loader:
+            if loop.step_micro == 0:  # a new optimizer step: the label tokens its loss is the mean over
+                start = (progress.step - epoch * run.steps_per_epoch) * global_batch
+                loop.step_tokens = sum(run.data.label_tokens[i] for i in order[start : start + global_batch])
             _micro_step(run, loop, batch)
             if not accelerator.sync_gradients:
                 continue
@@ -159,29 +183,42 @@ def _train_steps(run: Run) -> None:
 
 
 def _micro_step(run: Run, loop: Loop, batch: dict) -> None:
-    """Forward and backward on one micro-batch; the optimizer steps when the accumulation is complete."""
+    """Forward and backward on one micro-batch; the optimizer steps when the accumulation is complete.
+
+    The step's loss is the mean over the label tokens of its whole global batch (every process, every micro-batch),
+    as one process computing the global batch at once would have it: each micro-batch back-propagates its summed
+    loss (the model's mean times its label tokens) over the step's token count `loop.step_tokens`, times the number
+    of processes (DDP, FSDP and DeepSpeed average the gradients over them) and of accumulation steps (which
+    `accelerator.backward` divides by). A mean per micro-batch, averaged, would weigh a token of a micro-batch with
+    few label tokens more than one of a micro-batch with many, differently for each split of the global batch."""
     args, accelerator, model = run.args, run.accelerator, run.model
     seed_micro_step(args.seed, run.progress.micro_step, accelerator.process_index)
+    count = _label_tokens(batch, run.is_encoder_decoder)
+    loop.statistics.before()
     with accelerator.accumulate(model):
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         loss = outputs.loss
         if run.teacher is not None:
-            loss = _distill(run, loop, outputs, batch)
-        accelerator.backward(loss)
+            loss = _distill(run, loop, outputs, batch, count)
+        scale = accelerator.num_processes * accelerator.gradient_accumulation_steps / max(loop.step_tokens, 1)
+        accelerator.backward(loss * count * scale)
+        loop.statistics.after()
         if accelerator.sync_gradients and args.max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad()
     run.progress.micro_step += 1
-    loop.step_loss += loss.detach().float()
+    loop.step_loss += loss.detach().float() * count
+    loop.step_count += count
     loop.step_micro += 1
     loop.window["tokens"] += float(_tokens(batch, run.is_encoder_decoder))
     loop.window["samples"] += batch["input_ids"].shape[0]
 
 
-def _distill(run: Run, loop: Loop, outputs, batch: dict) -> torch.Tensor:
-    """The distillation loss of a micro-batch (distill.py); its CE and KL parts are summed for the log."""
+def _distill(run: Run, loop: Loop, outputs, batch: dict, count: torch.Tensor) -> torch.Tensor:
+    """The distillation loss of a micro-batch (distill.py), a mean over its `count` label tokens; its CE and KL parts
+    are summed over those tokens for the log."""
     args = run.args
     with run.accelerator.autocast():
         target = teacher_logits(run.teacher, batch)
@@ -196,9 +233,15 @@ def _distill(run: Run, loop: Loop, outputs, batch: dict) -> torch.Tensor:
     )
     if loop.step_ce is None:
         loop.step_ce, loop.step_kl = torch.zeros_like(loop.step_loss), torch.zeros_like(loop.step_loss)
-    loop.step_ce += parts.ce.detach().float()
-    loop.step_kl += parts.kl.detach().float()
+    loop.step_ce += parts.ce.detach().float() * count
+    loop.step_kl += parts.kl.detach().float() * count
     return parts.loss
+
+
+def _label_tokens(batch: dict, is_encoder_decoder: bool) -> torch.Tensor:
+    """The label tokens the model's loss on `batch` is the mean over (decoder-only: shifted, from position 1)."""
+    labels = batch["labels"] if is_encoder_decoder else batch["labels"][:, 1:]
+    return (labels != -100).sum().float()
 
 
 def _tokens(batch: dict, is_encoder_decoder: bool) -> torch.Tensor:
@@ -210,13 +253,21 @@ def _optimizer_step_done(run: Run, loop: Loop) -> None:
     """After one optimizer step: its mean loss, the hooks, and the log, evaluation and checkpoint when due."""
     args, accelerator, progress = run.args, run.accelerator, run.progress
     progress.step += 1
-    mean_loss = accelerator.reduce(loop.step_loss / loop.step_micro, reduction="mean").item()
-    loop.step_loss.zero_()
+    sums = [loop.step_loss, loop.step_count] + ([loop.step_ce, loop.step_kl] if loop.step_ce is not None else [])
+    sums = accelerator.reduce(torch.stack(sums), reduction="sum").tolist()  # over the processes
+    if abs(sums[1] - loop.step_tokens) > 0.5 + 1e-6 * loop.step_tokens:
+        raise RuntimeError(
+            f"step {progress.step}: the processes' batches held {sums[1]:.0f} label tokens, the loss was scaled "
+            f"for {loop.step_tokens} (the data loader does not shard the sampler's batches as expected)"
+        )
+    mean_loss = sums[0] / max(sums[1], 1)  # the mean over the global batch's label tokens
     if loop.step_ce is not None:
-        ce, kl = accelerator.reduce(torch.stack([loop.step_ce, loop.step_kl]) / loop.step_micro, "mean").tolist()
-        progress.ce_sum, progress.kl_sum = progress.ce_sum + ce, progress.kl_sum + kl
+        progress.ce_sum += sums[2] / max(sums[1], 1)
+        progress.kl_sum += sums[3] / max(sums[1], 1)
         loop.step_ce.zero_()
         loop.step_kl.zero_()
+    loop.step_loss.zero_()
+    loop.step_count.zero_()
     loop.step_micro = 0
     progress.loss_sum += mean_loss
     progress.loss_steps += 1
@@ -251,6 +302,8 @@ def _log_train(run: Run, loop: Loop) -> None:
         record.update(ce_loss=progress.ce_sum / progress.loss_steps, kl_loss=progress.kl_sum / progress.loss_steps)
         progress.ce_sum, progress.kl_sum = 0.0, 0.0
     run.logger.log("train", progress.step, **record)
+    if accelerator.is_main_process:
+        log_mixing_weights(accelerator.unwrap_model(run.model), run.output_dir, progress.step)
     loop.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:,.0f}")
     progress.loss_sum, progress.loss_steps = 0.0, 0
     loop.window = new_window()
@@ -312,7 +365,7 @@ def _decode_benchmark(run: Run, final) -> dict:
     )
 
 
-def _save_results(run: Run, results: dict, final, predictions: list[dict]) -> None:
+def _save_results(run: Run, results: dict, final, predictions: list[dict], state_dict=None) -> None:
     """(Main process.) Complete `results` and write the model, the predictions and `all_results.json`."""
     args, output_dir = run.args, run.output_dir
     if args.decode_benchmark_tokens:
@@ -320,7 +373,7 @@ def _save_results(run: Run, results: dict, final, predictions: list[dict]) -> No
     results["model"] = describe_model(final)
     results["config"] = {**dataclasses.asdict(args), **run.resolved}
     results["hf_gqa_version"] = __version__
-    final.save_pretrained(output_dir / "model")
+    final.save_pretrained(output_dir / "model", state_dict=state_dict)
     run.tokenizer.save_pretrained(output_dir / "model")
     write_jsonl(output_dir / "eval_predictions.jsonl", sorted(predictions, key=lambda p: p["index"]))
     (output_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -22,6 +22,7 @@ from .checkpoint import Progress
 from .data import (
     ResumableSampler,
     SummarizationCollator,
+    label_token_counts,
     load_summarization_splits,
     tokenize_summarization,
 )
@@ -47,6 +48,7 @@ class RunData:
     sampler: ResumableSampler
     train_loader: DataLoader
     eval_loader: DataLoader
+    label_tokens: list[int] = field(default_factory=list)  # per training example: the label tokens its loss counts
 
 
 @dataclass
@@ -84,6 +86,9 @@ class Loop:
     step_loss: torch.Tensor
     bar: Any
     step_micro: int = 0
+    step_count: torch.Tensor | None = None  # the label tokens of this process's micro-batches in the current step
+    step_tokens: int = 0  # the label tokens of the current step's global batch (all processes, all micro-batches)
+    statistics: Any = None  # distributed.StatisticsSync: training statistics summed over the processes
     step_ce: torch.Tensor | None = None  # with --distill: the step's CE and T^2 * KL parts
     step_kl: torch.Tensor | None = None
     window: dict = field(default_factory=new_window)
@@ -213,12 +218,15 @@ def _build_data(args: UptrainArguments, accelerator: Accelerator, tokenizer, is_
     collator = SummarizationCollator(
         tokenizer.pad_token_id, pad_to_multiple_of=8 if accelerator.mixed_precision != "no" else None
     )
-    sampler = ResumableSampler(len(train_dataset), seed=args.seed)
+    # On more than one process, complete each epoch to full batches on every process (see ResumableSampler).
+    multiple = args.per_device_train_batch_size * accelerator.num_processes if accelerator.num_processes > 1 else 1
+    sampler = ResumableSampler(len(train_dataset), seed=args.seed, multiple_of=multiple)
     train_loader = DataLoader(
         train_dataset, batch_size=args.per_device_train_batch_size, sampler=sampler, collate_fn=collator
     )
     eval_loader = DataLoader(eval_dataset, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
-    return RunData(train_dataset, eval_dataset, references, collator, sampler, train_loader, eval_loader)
+    label_tokens = label_token_counts(train_dataset, shift=not is_encoder_decoder)
+    return RunData(train_dataset, eval_dataset, references, collator, sampler, train_loader, eval_loader, label_tokens)
 
 
 def _build_optimizer(args: UptrainArguments, model) -> torch.optim.AdamW:

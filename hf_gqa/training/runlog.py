@@ -1,4 +1,5 @@
-"""A run's log: `log.jsonl` (every record), `train_log.csv` and `eval_log.csv`, and TensorBoard when installed.
+"""A run's log: `log.jsonl` (every record), `train_log.csv` and `eval_log.csv` (what `hf-gqa report` reads), and
+the Accelerate trackers of the recipe's `report_to` (trackers.py: TensorBoard, trackio, wandb, ...).
 
 On resume, records past the checkpoint's step (written by the run that was killed after it) are dropped first, so
 the log of a resumed run reads like the log of an uninterrupted one.
@@ -9,15 +10,26 @@ import json
 import math
 from pathlib import Path
 
+from .trackers import PROJECT, tracker_config
+
 
 class RunLogger:
     """Append-only metrics log of the main process (other processes get a logger that writes nothing)."""
 
-    def __init__(self, output_dir: str | Path, enabled: bool = True, tensorboard: bool = True, resume_step=None):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        enabled: bool = True,
+        accelerator=None,
+        config: dict | None = None,
+        resume_step: int | None = None,
+    ):
+        """`accelerator`: the run's Accelerator, whose trackers (`log_with`) are started here with `config` (the run's
+        options) and get every record; a resumed TensorBoard log drops its events past `resume_step`."""
         self.output_dir = Path(output_dir)
         self.enabled = enabled
         self.records: list[dict] = []
-        self._writer = None
+        self._accelerator = accelerator if accelerator is not None and accelerator.log_with else None
         if not enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -26,13 +38,9 @@ class RunLogger:
             with open(path, encoding="utf-8") as f:
                 self.records = [r for r in map(json.loads, filter(str.strip, f)) if r.get("step", 0) <= resume_step]
         self._rewrite()
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                pass
-            else:
-                self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"), purge_step=resume_step)
+        if self._accelerator is not None:
+            init_kwargs = {"tensorboard": {"purge_step": resume_step}} if resume_step is not None else {}
+            self._accelerator.init_trackers(PROJECT, config=tracker_config(config or {}), init_kwargs=init_kwargs)
 
     def _rewrite(self) -> None:
         with open(self.output_dir / "log.jsonl", "w", encoding="utf-8") as f:
@@ -62,15 +70,19 @@ class RunLogger:
         with open(self.output_dir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         self._write_csv(kind)  # small files: rewritten whole, so the CSV header always covers every column
-        if self._writer is not None:
-            for key, value in record.items():
-                if isinstance(value, int | float) and key not in ("step",) and math.isfinite(value):
-                    self._writer.add_scalar(f"{kind}/{key}", value, step)
-            self._writer.flush()
+        if self._accelerator is not None:
+            scalars = {
+                f"{kind}/{key}": value
+                for key, value in record.items()
+                if key != "step"
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            }
+            self._accelerator.log(scalars, step=step)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        """Nothing to close: the trackers end with `accelerator.end_training()`."""
 
 
 def _plain(value):

@@ -12,6 +12,7 @@ from hf_gqa.training import (
     load_summarization_splits,
     tokenize_summarization,
 )
+from hf_gqa.training.data import label_token_counts
 
 pytest.importorskip("accelerate")
 pytest.importorskip("datasets")
@@ -107,3 +108,27 @@ def test_sampler_resumes_mid_epoch():
     assert list(sampler) == full[4:] and len(sampler) == 6
     sampler.start_epoch(2)
     assert list(sampler) != full and sorted(sampler) == list(range(10))
+
+
+def test_sampler_completes_epochs_from_their_start():
+    """On N processes the epoch is completed to a multiple of the global micro-batch with its own first examples,
+    also when a resumed run skips into it (accelerate would complete it with the first examples it is given)."""
+    plain = ResumableSampler(10, seed=3)
+    plain.start_epoch(1)
+    order = list(plain)
+    sampler = ResumableSampler(10, seed=3, multiple_of=4)
+    sampler.start_epoch(1)
+    assert list(sampler) == order + order[:2] and len(sampler) == 12
+    sampler.start_epoch(1, skip=8)
+    assert list(sampler) == order[8:] + order[:2] and len(sampler) == 4
+    tiny = ResumableSampler(3, seed=0, shuffle=False, multiple_of=8)
+    assert list(tiny) == [0, 1, 2, 0, 1, 2, 0, 1]
+
+
+def test_label_token_counts():
+    import datasets
+
+    rows = [[5, 6, 1], [-100, -100, 7, 1], [-100, 9]]
+    dataset = datasets.Dataset.from_dict({"labels": rows}).select([2, 0, 1])  # rows through an indices mapping
+    assert label_token_counts(dataset, shift=False) == [1, 3, 2]
+    assert label_token_counts(dataset, shift=True) == [1, 2, 2]  # from the second position on

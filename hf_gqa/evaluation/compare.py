@@ -1,7 +1,9 @@
 """Measuring checkpoints side by side, to choose a conversion: perplexity on text (decoder-only) or the loss on
-reference summaries (encoder-decoder, T5), KV-cache bytes per token, parameters and greedy decode speed.
+reference summaries (encoder-decoder, T5), KV-cache bytes per token, parameters and greedy decode speed, and
+lm-evaluation-harness tasks (`harness`).
 
-`evaluate_models` checks every model and the data before it measures anything, then loads one model at a time."""
+`evaluate_models` checks every model, the data and the lm-eval tasks before it measures anything, then loads one
+model at a time."""
 
 import gc
 import math
@@ -14,14 +16,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, EncoderDecoderCache
 
-from .conversion.memory import load_source
-from .conversion.sizes import kv_cache_bytes_per_token
-from .core.measure import text_nll
-from .errors import HfGqaError
-from .io.auto import source_auto_class
-from .io.sources import load_config_dict, load_tokenizer, resolve_dtype
-from .io.texts import read_pairs, read_texts
-from .registry import resolve
+from ..conversion.memory import load_source
+from ..conversion.sizes import kv_cache_bytes_per_token
+from ..core.measure import text_nll
+from ..errors import HfGqaError
+from ..io.auto import source_auto_class
+from ..io.sources import load_config_dict, load_tokenizer, resolve_dtype
+from ..io.texts import read_pairs, read_texts
+from ..registry import resolve
+from .harness import prepare_tasks, run_tasks
 
 PROMPT_TOKENS = 64  # the decode prompt's length
 
@@ -102,7 +105,7 @@ def _checked_model(name: str) -> tuple[dict, bool]:
 
 def evaluate_models(
     models: Sequence[str | os.PathLike],
-    data: str,
+    data: str | None = None,
     *,
     samples: int = 32,
     max_tokens: int = 256,
@@ -112,6 +115,11 @@ def evaluate_models(
     summary_column: str = "summary",
     dtype=None,
     device: str | torch.device | None = None,
+    lm_eval_tasks: Sequence[str] | None = None,
+    lm_eval_include: str | os.PathLike | None = None,
+    lm_eval_fewshot: int | None = None,
+    lm_eval_limit: int | None = None,
+    lm_eval_batch_size: int = 1,
     progress: bool = False,
 ) -> list[dict]:
     """Measure each of `models` (local folder, .gguf file or Hub id) on the first `samples` texts of `data` (what
@@ -121,15 +129,25 @@ def evaluate_models(
     encoder-decoder model (T5) scores `summary_column` given `text_column` (the loss on the summary tokens, and its
     perplexity). Each dict also has `kv_heads`, `kv_cache_bytes_per_token` (per cache, in the model's dtype),
     `parameters`, and unless `decode_tokens` is 0 `decode_tokens_per_second` (see `decode_speed`, on a 64-token
-    prompt from the data) and `decode_speedup`, against the first model. Every model's config and tokenizer and the
-    data are checked before any model is measured; the models are loaded (`load_source`) one at a time."""
+    prompt from the data) and `decode_speedup`, against the first model.
+
+    `lm_eval_tasks` (lm-eval task names, or task .yaml files; more in the folder `lm_eval_include`) are run on each
+    model by lm-evaluation-harness (`harness.run_tasks`: `lm_eval_fewshot` examples, None: each task's own; the
+    first `lm_eval_limit` documents, None: all); their figures are under `lm_eval`. `data` may then be None: no
+    perplexity or decode speed, the sizes still. Every model's config and tokenizer, the data and the tasks are
+    checked before any model is measured; the models are loaded (`load_source`) one at a time."""
     if not models:
         raise HfGqaError("name at least one model")
+    if data is None and lm_eval_tasks is None:
+        raise HfGqaError("give --data (perplexity, decode speed), --lm-eval-tasks (lm-evaluation-harness), or both")
     for flag, value, least in (
         ("--samples", samples, 1),
         ("--max-tokens", max_tokens, 2),
         ("--decode-tokens", decode_tokens, 0),
         ("--rounds", rounds, 1),
+        ("--lm-eval-fewshot", 0 if lm_eval_fewshot is None else lm_eval_fewshot, 0),
+        ("--lm-eval-limit", 1 if lm_eval_limit is None else lm_eval_limit, 1),
+        ("--lm-eval-batch-size", lm_eval_batch_size, 1),
     ):
         if value < least:
             raise HfGqaError(f"{flag} must be at least {least}; got {value}")
@@ -147,25 +165,40 @@ def evaluate_models(
         tokenizers[name] = load_tokenizer(name)
         if tokenizers[name] is None:
             raise HfGqaError(f"{name!r} has no tokenizer: eval needs one to score text")
-    texts, pairs = read_texts(data, text_column)[:samples], None  # the data itself, and its text column
-    if any(seq2seq for _, _, seq2seq in checked):
+    texts, pairs = (read_texts(data, text_column)[:samples] if data is not None else []), []
+    if data is not None and any(seq2seq for _, _, seq2seq in checked):
         try:
             pairs = read_pairs(data, text_column, summary_column)[:samples]
         except HfGqaError as error:
             seq2seq_model = next(name for name, _, seq2seq in checked if seq2seq)
             raise HfGqaError(f"{seq2seq_model!r} is encoder-decoder: it scores summaries; {error}") from None
+    harness = prepare_tasks(lm_eval_tasks, lm_eval_include) if lm_eval_tasks is not None else None
 
     results = []
     total = sum(len(pairs if seq2seq else texts) for _, _, seq2seq in checked)
-    with tqdm(total=total, desc="eval", unit="text", disable=not progress) as bar:
+    with tqdm(total=total, desc="eval", unit="text", disable=not progress or not total) as bar:
         for name, config, seq2seq in checked:
             bar.set_description(f"eval {name}")
             model = load_source(name, dtype).to(device).eval()
             items = pairs if seq2seq else texts
-            result = {"model": name, "model_type": config["model_type"], "scores": "summaries" if seq2seq else "text"}
-            result.update(_scores(model, tokenizers[name], items, seq2seq, max_tokens, bar, f"{name!r} on {data!r}"))
+            result = {"model": name, "model_type": config["model_type"]}
+            if data is not None:
+                result["scores"] = "summaries" if seq2seq else "text"
+                result.update(
+                    _scores(model, tokenizers[name], items, seq2seq, max_tokens, bar, f"{name!r} on {data!r}")
+                )
             result.update(_sizes(model), device=str(device))
-            if decode_tokens:
+            if harness is not None:
+                result["lm_eval"] = run_tasks(
+                    model,
+                    tokenizers[name],
+                    harness,
+                    seq2seq=seq2seq,
+                    num_fewshot=lm_eval_fewshot,
+                    limit=lm_eval_limit,
+                    batch_size=lm_eval_batch_size,
+                )
+            if decode_tokens and data is not None:
                 prompt = decode_prompt(tokenizers[name], [t for t, _ in pairs] if seq2seq else texts)
                 result.update(decode_speed(model, prompt, decode_tokens, rounds, pad_token_id=_pad(tokenizers[name])))
                 first = (results[0] if results else result)["decode_tokens_per_second"]
