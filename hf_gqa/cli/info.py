@@ -75,14 +75,21 @@ def run(args) -> int:
         rows.append(("converted attention", ", ".join(info["converted_attention"])))
     rows.append(("query heads", str(info["num_heads"])))
     source_heads = info.get("kv_source_heads") or {}
+    mean = info.get("kv_weights") == "mean"  # SimGQA regrouped while uptraining: each group the plain mean, no weights
+    combined = "means" if mean else "learned sums"
     for kind, g in info["kv_heads"].items():
         rows.append(
-            (f"{kind} K/V heads", f"{g} (learned sums of {source_heads[kind]})" if kind in source_heads else str(g))
+            (f"{kind} K/V heads", f"{g} ({combined} of {source_heads[kind]})" if kind in source_heads else str(g))
         )
     if info["parameters"] is not None:
         rows.append(("parameters", f"{info['parameters']:,}"))
-    if info.get("kv_weights"):
+    if mean:
+        rows.append(
+            ("K/V weights", "mean: no weights, each group the plain mean of its heads; fold with `hf-gqa fold`")
+        )
+    elif info.get("kv_weights"):
         rows.append(("K/V weights", f"{info['kv_weights']}: WGQA training form, fold with `hf-gqa fold`"))
+    if info.get("kv_weights"):
         rows.append(("extra parameters", f"{info['extra_parameters']:,}"))
     for kind, spec in (info.get("routing") or {}).items():
         heads = (

@@ -31,6 +31,8 @@ from .safetensors import INDEX_NAME
 # Never copied from a source folder: weights in any format (the converted ones are written) and what is rewritten.
 _SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".ot")
 _SKIP_NAMES = {"config.json", "README.md", INDEX_NAME, "pytorch_model.bin.index.json", ".gitattributes"}
+# The files that carry a model's terms (Llama's LICENSE and USE_POLICY.md, NOTICE, ...): they travel with the model.
+LICENSE_FILES = re.compile(r"^(licen[cs]e|use_policy|notice)([._-].*)?$", re.IGNORECASE)
 # Inside a temporary or moved-aside folder while a process owns it: "<pid> <host>".
 _OWNER = ".hf-gqa-owner"
 # What a rename onto an existing path raises when that path must not be replaced.
@@ -350,15 +352,18 @@ def save_converted(
     model_card: str | None = None,
     force=False,
     max_shard_size: int | str = "5GB",
+    source: str | os.PathLike | None = None,
 ):
     """Save a converted model (weights, config, remote code, generation config), its tokenizer and model card into
-    `output_dir`, atomically."""
+    `output_dir`, atomically. With a local `source` folder, its licence files (LICENSE*, USE_POLICY*, NOTICE*) are
+    copied too, as the streamed conversion copies them."""
     with atomic_output_dir(output_dir, force=force) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if model_card is not None:
             (tmp / "README.md").write_text(model_card, encoding="utf-8")
+        copy_license_files(source, tmp)
     return Path(output_dir)
 
 
@@ -379,15 +384,31 @@ def copy_side_files(source: Path, output: Path) -> None:
                 shutil.copyfile(path, output / path.name)
 
 
+def copy_license_files(source: str | os.PathLike | None, output: Path) -> list[str]:
+    """Copy a local source folder's licence files (LICENSE*, USE_POLICY*, NOTICE*) into `output`, unless there already;
+    their names. Nothing for a Hub id (its card links its licence on the Hub) or a single file (a .gguf)."""
+    path = Path(os.path.expanduser(str(source or "")))
+    if not source or not path.is_dir():
+        return []
+    copied = []
+    for file in sorted(path.iterdir()):
+        if file.is_file() and LICENSE_FILES.match(file.name) and not (output / file.name).exists():
+            shutil.copyfile(file, output / file.name)
+            copied.append(file.name)
+    return copied
+
+
 def has_tokenizer(folder: str | os.PathLike) -> bool:
     return any((Path(folder) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
 
 
 __all__ = [
+    "LICENSE_FILES",
     "Terminated",
     "atomic_output_dir",
     "check_output_dir",
     "check_output_safe",
+    "copy_license_files",
     "copy_side_files",
     "has_tokenizer",
     "remove_leftovers",

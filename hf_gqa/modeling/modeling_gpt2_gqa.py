@@ -162,7 +162,18 @@ def _use_gqa_attention(model: torch.nn.Module, config: GPT2GQAConfig) -> None:
         block.attn = new
 
 
-class GPT2GQAModel(GPT2Model):
+class _GPT2GQAInit:
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # transformers treats every class outside its package as custom code, and `initialize_weights` (missing
+        # weights in `from_pretrained`, `init_weights` after building on the meta device) then counts a module with
+        # no tensors of its own (`GPT2Attention`, `GPT2MLP`) as initialised: GPT-2's scaled rule for their residual
+        # `c_proj` never ran. That shortcut protects custom `_init_weights` that overwrite loaded tensors; GPT-2's
+        # draws through `transformers.initialization`, which leaves them alone.
+        return False
+
+
+class GPT2GQAModel(_GPT2GQAInit, GPT2Model):
     config: GPT2GQAConfig
 
     def __init__(self, config: GPT2GQAConfig):
@@ -170,7 +181,7 @@ class GPT2GQAModel(GPT2Model):
         _use_gqa_attention(self, config)
 
 
-class GPT2GQALMHeadModel(GPT2LMHeadModel, GenerationMixin):
+class GPT2GQALMHeadModel(_GPT2GQAInit, GPT2LMHeadModel, GenerationMixin):
     config: GPT2GQAConfig
 
     def __init__(self, config: GPT2GQAConfig):

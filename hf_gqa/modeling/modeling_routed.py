@@ -13,10 +13,12 @@ the KV cache (`num_key_value_heads` heads) and generation are upstream code.
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
 
 from .configuration_routed import ROUTED_CONFIGS, SUFFIX, TAG
 from .family_forms import form_model_classes
-from .routing import ATTENTION_NAME, HeadRouting, register_attention
+from .routing import ATTENTION_NAME, HeadRouting, register_attention, uniform_counts
 
 register_attention()
 
@@ -61,6 +63,28 @@ def _use_routing(model: nn.Module, config) -> None:
     config._attn_implementation_internal = ATTENTION_NAME
 
 
+@torch.no_grad()
+def _init_routing(module: nn.Module) -> None:
+    """DGQA's routing as after conversion: the uniform allocation, empty statistics. Through
+    `transformers.initialization`: buffers loaded from a checkpoint stay as loaded."""
+    if isinstance(module, HeadRouting) and module.mode == "dgqa":
+        init.copy_(module.allocation, uniform_counts(module.heads, module.kv_heads))
+        for buffer in (module.norm_sum, module.norm_count, module.norm_cache, module.cache_filled):
+            init.zeros_(buffer)
+
+
+def _initialize(form, module: nn.Module, owner) -> None:
+    """transformers' `initialize_weights` walk (children first; a stock sub-model's modules by its own rules), where a
+    stock sub-model's modules also get hf-gqa's rules, which it does not know."""
+    for child in module.children():
+        _initialize(form, child, child if isinstance(child, PreTrainedModel) else owner)
+    # `is_custom_code=False`: transformers would otherwise count a module with no tensors of its own as initialised
+    # and skip the family's rules for its children; those rules and ours all draw through
+    # `transformers.initialization`, which leaves loaded tensors alone.
+    owner._initialize_weights(module, is_custom_code=False)
+    _init_routing(module)  # draws nothing: safe to apply to every module
+
+
 def _routed_model_class(base: type, config_class: type) -> type:
     class RoutedModel(base):
         def __init__(self, config):
@@ -72,9 +96,15 @@ def _routed_model_class(base: type, config_class: type) -> type:
 
         def _init_weights(self, module):
             super()._init_weights(module)
-            if isinstance(module, HeadRouting):
-                with torch.no_grad():
-                    module.reset_state()
+            _init_routing(module)
+
+        @torch.no_grad()
+        @init.guard_torch_init_functions()
+        def initialize_weights(self):
+            # Missing weights in `from_pretrained`, `init_weights` after building on the meta device. The stock
+            # `*ForCausalLM` holds a stock `*Model`, which transformers initialises with stock rules alone: its
+            # DGQA routing state stayed uninitialised memory.
+            _initialize(self, self, self)
 
     RoutedModel.__doc__ = f"[`{base.__name__}`] with routed self-attention (`self_attn.routing`, see `routing.py`)."
     return RoutedModel

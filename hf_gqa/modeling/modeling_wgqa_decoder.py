@@ -10,8 +10,11 @@ For each family of `configuration_wgqa_decoder.WGQA_FAMILIES` this module define
 G heads, so the KV cache holds G heads while training. `hf_gqa.fold` gives the stock model back.
 """
 
+import math
+
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .configuration_wgqa_decoder import SUFFIX, TAG, WGQA_CONFIGS
@@ -44,14 +47,41 @@ def _use_weighted_kv(model: nn.Module, config) -> None:
             setattr(attention, name, new)
 
 
+def _declared_init(config) -> float | None:
+    """The constant the conversion started the mixing weights at (`--weights-init 0.5` records `gqa_init: "0.5"`), or
+    None: the mean (`mean`; `random`, RandWGQA's draws, which cannot be redrawn)."""
+    try:
+        value = float(getattr(config, "gqa_init", None))
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 @torch.no_grad()
 def _init_weighted_kv(model, module: nn.Module) -> None:
+    """A [`WeightedKV`] as the family's `_init_weights` draws a linear projection, its [`HeadMixer`] at the initial
+    value the conversion declared, else the mean. Through `transformers.initialization`: tensors loaded from a
+    checkpoint stay as loaded."""
     if isinstance(module, WeightedKV):
         init.normal_(module.weight, mean=0.0, std=getattr(model.config, "initializer_range", None) or 0.02)
         if module.bias is not None:
             init.zeros_(module.bias)
     elif isinstance(module, HeadMixer):
-        init.constant_(module.weight, module.init_value)
+        declared = _declared_init(model.config)
+        init.constant_(module.weight, module.init_value if declared is None else declared)
+
+
+def _initialize(form, module: nn.Module, owner) -> None:
+    """transformers' `initialize_weights` walk (children first; a stock sub-model's modules by its own rules), where a
+    stock sub-model's modules also get hf-gqa's rules, which it does not know."""
+    for child in module.children():
+        _initialize(form, child, child if isinstance(child, PreTrainedModel) else owner)
+    # `is_custom_code=False`: transformers would otherwise count a module with no tensors of its own as initialised
+    # and skip the family's rules for its children; those rules and ours all draw through
+    # `transformers.initialization`, which leaves loaded tensors alone.
+    owner._initialize_weights(module, is_custom_code=False)
+    if owner is not form:  # the form's own `_init_weights` already applies hf-gqa's rules
+        _init_weighted_kv(form, module)
 
 
 def _wgqa_model_class(base: type, config_class: type) -> type:
@@ -63,6 +93,15 @@ def _wgqa_model_class(base: type, config_class: type) -> type:
         def _init_weights(self, module):
             super()._init_weights(module)
             _init_weighted_kv(self, module)
+
+        @torch.no_grad()
+        @init.guard_torch_init_functions()
+        def initialize_weights(self):
+            # Missing weights in `from_pretrained`, `init_weights` after building on the meta device. The stock
+            # `*ForCausalLM` holds a stock `*Model`, which transformers initialises with stock rules alone: its
+            # `WeightedKV`s and mixers stayed uninitialised memory. In the stock order, so with as many groups as
+            # heads the same seed draws what the stock family draws.
+            _initialize(self, self, self)
 
     WGQAModel.__doc__ = (
         f"[`{base.__name__}`] in the WGQA training form: `self_attn.k_proj`/`v_proj` are [`WeightedKV`] projections."

@@ -4,17 +4,13 @@ it, and, with `push_to_hub`, uploads `OUT/model` (the inference form, with its t
 `hub_model_id`, as `Trainer.push_to_hub` does."""
 
 import json
-import re
-import shutil
 import sys
 from pathlib import Path
 
 from ..conversion.cards import uptrained_card
 from ..errors import HfGqaError
 from ..io.hub import push_folder
-
-# The files that carry a model's terms (Llama's LICENSE and USE_POLICY.md, NOTICE, ...): they travel with the model.
-LICENSE_FILES = re.compile(r"^(licen[cs]e|use_policy|notice)([._-].*)?$", re.IGNORECASE)
+from ..io.output import copy_license_files
 
 
 def publish_model(output_dir: str | Path, args, results: dict) -> str | None:
@@ -40,18 +36,4 @@ def publish_model(output_dir: str | Path, args, results: dict) -> str | None:
     return push_folder(model_dir, args.hub_model_id, private=args.hub_private, commit_message=message)
 
 
-def copy_license_files(source: str | None, folder: Path) -> list[str]:
-    """Copy a local source folder's licence files (LICENSE*, USE_POLICY*, NOTICE*) into `folder`; returns their
-    names. A Hub source's card links its licence on the Hub."""
-    path = Path(str(source or "")).expanduser()
-    if not source or not path.is_dir():
-        return []
-    copied = []
-    for file in sorted(path.iterdir()):
-        if file.is_file() and LICENSE_FILES.match(file.name) and not (folder / file.name).exists():
-            shutil.copyfile(file, folder / file.name)
-            copied.append(file.name)
-    return copied
-
-
-__all__ = ["LICENSE_FILES", "copy_license_files", "publish_model"]
+__all__ = ["publish_model"]

@@ -11,6 +11,7 @@ import torch
 import yaml
 from conftest import REPO
 from helpers import one_error_line, run
+from tiny_decoders import make
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 import hf_gqa
@@ -85,6 +86,25 @@ def test_info_describes_a_converted_checkpoint(t5_dir, tmp_path, capsys):
     assert info["kv_cache_bytes_per_token"] == {"self": 2 * 2 * 8 * 3 * 4, "cross": 2 * 2 * 8 * 3 * 4}
     code, out, _ = run(capsys, "info", tmp_path / "g2")
     assert "import hf_gqa, or trust_remote_code=True" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "heads", "weights"),
+    [
+        (["--variant", "simgqa", "--regroup-every", "2"], "2 (means of 8)", "mean: no weights"),
+        (["--variant", "wgqa"], "2 (learned sums of 8)", "scalar: WGQA training form"),
+    ],
+)
+def test_info_names_the_mean_form_without_learned_weights(tmp_path, capsys, extra, heads, weights):
+    """SimGQA regrouped while uptraining keeps every K/V head and averages each group: nothing is learned."""
+    make("llama").save_pretrained(tmp_path / "src")
+    code, _, err = run(capsys, "convert", tmp_path / "src", "-g", 2, *extra, "-o", tmp_path / "out")
+    assert code == 0, err
+    code, out, _ = run(capsys, "info", tmp_path / "out")
+    assert code == 0
+    rows = {line.split("  ")[0]: line for line in out.splitlines()}
+    assert heads in rows["self K/V heads"] and weights in rows["K/V weights"]
+    assert ("learned" in out) == (extra[1] == "wgqa")
 
 
 def test_dtype_option(t5_dir, tmp_path, capsys):
