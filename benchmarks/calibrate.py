@@ -2,7 +2,8 @@
 each init, scored by perplexity on held-out text of two domains: ACLSum test papers (PyPI aclsum) and CNN/DailyMail
 articles (../shared/data, skipped when absent). Calibration text: ACLSum *train* papers only.
 
-    python benchmarks/calibrate.py [--groups 1] [--inits mean activation calibrated] [--json calibrate.json]
+    python benchmarks/calibrate.py [--groups 1] [--inits mean aligned activation calibrated] [--distill-steps N]
+        [--json calibrate.json]
 
 Prints a table (perplexity, ratio to the source measured in the same run, seconds, peak RSS) and writes JSON.
 """
@@ -31,11 +32,12 @@ def peak_rss_mib() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, default=1)
-    parser.add_argument("--inits", nargs="+", default=["mean", "activation", "calibrated"])
+    parser.add_argument("--inits", nargs="+", default=["mean", "aligned", "activation", "calibrated"])
     parser.add_argument("--eval-texts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=None, help="--calibration-samples (default: the library's)")
     parser.add_argument("--steps", type=int, default=None, help="--calibration-steps (default: the library's)")
     parser.add_argument("--lr", type=float, default=None, help="--calibration-lr (default: the library's)")
+    parser.add_argument("--distill-steps", type=int, default=None, help="--calibration-distill-steps (calibrated)")
     parser.add_argument("--json", default="calibrate.json")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -53,15 +55,18 @@ def main() -> None:
     for init in args.inits:
         start = time.perf_counter()
         options = {}
-        if init in ("activation", "calibrated"):
+        if init in ("aligned", "activation", "calibrated"):
             options = dict(calibration_data="aclsum:train", calibration_samples=args.samples)
             if init == "calibrated":
-                options.update(calibration_steps=args.steps, calibration_lr=args.lr)
+                options.update(
+                    calibration_steps=args.steps, calibration_lr=args.lr, calibration_distill_steps=args.distill_steps
+                )
         model = hf_gqa.convert(source, groups=args.groups, init=init, tokenizer=tokenizer, **options)
         seconds = time.perf_counter() - start
         with torch.no_grad():
             scores = {name: perplexity(model, tokenizer, texts) for name, texts in held_out.items()}
-        rows.append({"init": init, **scores, "seconds": seconds, "peak_rss_mib": peak_rss_mib()})
+        label = f"{init} + {args.distill_steps} distill steps" if init == "calibrated" and args.distill_steps else init
+        rows.append({"init": label, **scores, "seconds": seconds, "peak_rss_mib": peak_rss_mib()})
         del model
     header = ["init", *(f"{name} ppl (x source)" for name in held_out), "seconds", "peak RSS MiB"]
     print(" | ".join(header))

@@ -34,9 +34,11 @@ class CommonOptions:
     init: str = option(
         "mean",
         help="how a group's K/V are initialised from its heads: mean (the paper's, default), first or random "
-        "(gqa, mqa); fitted on --calibration-data (gqa, mqa): activation (closed form: each new K/V head fitted "
-        "to its group's activations, queries and output projection compensated) or calibrated (that, then each "
-        "attention block fitted to the source block's output)",
+        "(gqa, mqa); fitted on --calibration-data (gqa, mqa): aligned (each group's heads rotated onto each other, "
+        "RoPE-safe, compensated in the queries and output projection, then averaged: Jin et al., 2025), "
+        "activation (closed form: each new K/V head fitted to its group's activations, queries and output "
+        "projection compensated) or calibrated (that, then each attention block fitted, layer by layer, to the "
+        "source block's output; decoder-only safetensors checkpoints on disk one layer at a time)",
         type=str,
         choices=lambda: sorted(KV_INITS) + list(CALIBRATION_INITS),
     )

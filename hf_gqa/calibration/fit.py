@@ -1,12 +1,15 @@
 """Calibrating a converted model against its source, attention block by attention block.
 
-One pass of the source over the calibration batches records, for every converted attention block, the second moments
-of its projections' inputs and (for the calibrated init) the block's own inputs and output, written to a private
-temporary folder block by block. Then each block is fitted on its own, reading only its records:
+The source runs over the calibration batches; forward hooks gather, for every converted attention block, the second
+moments of its projections' inputs, and (calibrated init) the block's own inputs and output. Each block is then
+fitted on its own:
+- `aligned`: `align.py` (each group's heads rotated onto each other, compensated, then averaged);
 - `activation`: the closed form of `closed_form.py` (new K/V heads, queries and output projection compensated);
 - `calibrated`: that, then Adam on the block's projections so that its output matches the source block's output on
   the source's own inputs (layer-wise local reconstruction).
-Peak memory is the two models plus one block's records.
+A decoder stack is walked layer by layer (`layerwise.walk`: one layer's records at a time, and from disk one layer of
+each model at a time with `streamed.py`); other models (T5) record every block in one pass to a private temporary
+folder, then fit block by block. Peak memory in memory: the two models plus one block's records.
 """
 
 import math
@@ -23,9 +26,8 @@ from ..errors import HfGqaError
 from ..families import family_for
 from ..families.base import AttentionBlock
 from . import closed_form
-
-# Families whose RoPE pairs dim j with j + r/2 (transformers' rotate_half); the closed form needs to know the planes.
-INTERLEAVED_ROPE = ("glm", "cohere")
+from .align import ADJACENT_ROPE, aligned_init, aligned_refusal
+from .layerwise import find_stack, walk
 
 
 @dataclass
@@ -63,24 +65,30 @@ def rotary_dims(config: dict, head_dim: int) -> int:
 def closed_form_refusal(config: dict, blocks: list[AttentionBlock]) -> str | None:
     """Why the activation init cannot run on this model, or None."""
     model_type = config.get("model_type")
-    if model_type in INTERLEAVED_ROPE:
+    if model_type in ADJACENT_ROPE:  # the closed form's planes are rotate_half's (j, j + r/2)
         return f"{model_type} rotates interleaved dims"
-    if any(b.norm_keys for b in blocks) or any(not b.q_keys or not b.o_key or len(b.kv_keys) != 2 for b in blocks):
-        return f"{model_type} normalises keys per head or fuses its projections"
+    family, _ = family_for(config)
+    # per-head q/k norms (a norm weight per head, or one shared by the heads, which the family flags as
+    # approximate when pooling): a per-plane scale of a key cannot be moved into the queries through them
+    if any(b.norm_keys for b in blocks) or family.approximation(config, {b.kind: (2, 1) for b in blocks}):
+        return f"{model_type} normalises queries and keys per head"
+    if any(not b.q_keys or not b.o_key or len(b.kv_keys) != 2 for b in blocks):
+        return f"{model_type} fuses its projections"
     return None
 
 
 class _Recorder:
     """Forward hooks on the source: input second moments per projection, and a block's inputs and output."""
 
-    def __init__(self, source: nn.Module, blocks: list[AttentionBlock], folder: Path | None):
+    def __init__(self, source: nn.Module, blocks: list[AttentionBlock], folder: Path | None, moments: bool = True):
         self.moments: dict[str, torch.Tensor] = {}
         self.folder, self.handles, self.batch = folder, [], 0
         self._last: tuple = (None, None)
         for block in blocks:
-            p = Projections.of(block)
-            for key in {p.q, p.k}:
-                self.handles.append(_module(source, key).register_forward_pre_hook(self._moment(key)))
+            if moments:  # only where a closed form runs (separate q, k, v and o projections)
+                p = Projections.of(block)
+                for key in {p.q, p.k}:
+                    self.handles.append(_module(source, key).register_forward_pre_hook(self._moment(key)))
             if folder is not None:
                 attention = source.get_submodule(block.prefix)
                 self.handles.append(attention.register_forward_hook(self._io(block.prefix), with_kwargs=True))
@@ -114,6 +122,17 @@ def _detach(value):
         return type(value)(_detach(v) for v in value)
     if isinstance(value, dict):
         return {k: _detach(v) for k, v in value.items()}
+    return value
+
+
+def _float(value):
+    """`value` with its floating-point tensors in float32 (the dtype blocks are fitted in)."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, tuple | list):
+        return type(value)(_float(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _float(v) for k, v in value.items()}
     return value
 
 
@@ -196,16 +215,15 @@ def _write(linear: nn.Module, rows: torch.Tensor) -> None:
         linear.bias.copy_(rows[:, -1].to(linear.bias.dtype))
 
 
-def _trainable(attention: nn.Module) -> list[nn.Parameter]:
+def trainable(attention: nn.Module) -> list[nn.Parameter]:
     # T5's relative position bias lives in layer 0 and is shared by the stack: fitting it would move the others.
     return [p for name, p in attention.named_parameters() if "relative_attention_bias" not in name]
 
 
-def reconstruct(target, block: AttentionBlock, records: list[Path], steps: int, lr: float, seed: int) -> BlockReport:
-    """Adam on the target block's parameters: its output on the source block's inputs -> the source block's output."""
+def reconstruct(target, block: AttentionBlock, data: list[dict], steps: int, lr: float, seed: int) -> BlockReport:
+    """Adam on the target block's parameters: its output on the records' inputs -> the records' (source) output."""
     attention = target.get_submodule(block.prefix)
-    data = [torch.load(path, weights_only=False) for path in records]  # written by this process, just now
-    params = _trainable(attention)
+    params = trainable(attention)
     dtype = params[0].dtype
     attention.float()
     for param in params:
@@ -214,7 +232,7 @@ def reconstruct(target, block: AttentionBlock, records: list[Path], steps: int, 
     generator = torch.Generator().manual_seed(seed)
 
     def loss_on(record) -> torch.Tensor:
-        out = attention(*record["args"], **record["kwargs"])[0]
+        out = attention(*_float(record["args"]), **_float(record["kwargs"]))[0]
         ref = record["output"]
         return (out.float() - ref).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-12)
 
@@ -254,20 +272,17 @@ def calibrate(
     progress: bool = True,
 ) -> list[BlockReport]:
     """Fit `target` (converted from `source` by mean pooling) to `source` on `batches`, block by block, in place."""
-    config = source.config.to_dict()
-    family, _ = family_for(config)
-    changed = {kind for kind, (before, after) in kv_heads.items() if before != after}
-    blocks = [b for b in family.attention_blocks(config, source.state_dict().keys()) if b.kind in changed]
-    refusal = closed_form_refusal(config, blocks)
-    if refusal and init == "activation":
-        raise HfGqaError(f"--init activation: {refusal}; use --init calibrated (fitted from the mean)")
+    config, blocks, refusal = converted_blocks(source, kv_heads, init)
     for block in blocks:  # a converted model may share the tensors it did not change with its source: unshare them
         for param in target.get_submodule(block.prefix).parameters():
             param.data = param.data.clone()
+    stack = find_stack(source, blocks) if init == "calibrated" else None
+    if stack is not None:  # a decoder stack: layer by layer, nothing written to disk
+        return fit_layers(source, target, blocks, stack, kv_heads, batches, init, steps, lr, seed, progress)
     folder = Path(tempfile.mkdtemp(prefix="hf-gqa-calibration-")) if init == "calibrated" else None
     reports = []
     try:
-        recorder = _Recorder(source, blocks, folder)
+        recorder = _Recorder(source, blocks, folder, moments=refusal is None or init == "aligned")
         try:
             with torch.no_grad():
                 for index, batch in enumerate(tqdm(batches, desc="calibration pass", disable=not progress)):
@@ -277,13 +292,12 @@ def calibrate(
             recorder.close()
         desc = "fitting attention blocks" if init == "calibrated" else "closed-form K/V heads"
         for block in tqdm(blocks, desc=desc, disable=not progress):
-            if refusal is None:
-                groups = kv_heads[block.kind][1]
-                activation_init(source, target, block, groups, recorder.moments, rotary_dims(config, block.head_dim))
+            init_block(source, target, block, init, kv_heads, recorder.moments, config, refusal)
             report = BlockReport(block.prefix)
             if folder is not None:
                 records = [folder / f"{block.prefix}.{i}.pt" for i in range(len(batches))]
-                report = reconstruct(target, block, records, steps, lr, seed)
+                data = [torch.load(path, weights_only=False) for path in records]  # written by this process, just now
+                report = reconstruct(target, block, data, steps, lr, seed)
                 for path in records:
                     path.unlink()
             reports.append(report)
@@ -293,4 +307,69 @@ def calibrate(
     return reports
 
 
-__all__ = ["BlockReport", "calibrate", "closed_form_refusal", "rotary_dims"]
+def init_block(source, target, block, init: str, kv_heads, moments: dict, config: dict, refusal: str | None) -> None:
+    """The closed-form start of `block`: aligned, or the activation init (also the calibrated init's start, where
+    the closed form can run; else the calibrated init starts from the mean)."""
+    groups, rotary = kv_heads[block.kind][1], rotary_dims(config, block.head_dim)
+    if init == "aligned":
+        aligned_init(source, target, block, groups, moments, rotary)
+    elif refusal is None:
+        activation_init(source, target, block, groups, moments, rotary)
+
+
+def converted_blocks(source, kv_heads: dict[str, tuple[int, int]], init: str):
+    """`(config, blocks, refusal)`: the source's attention blocks whose head counts change, and why the closed form
+    cannot run on them (None when it can); refuses `--init activation` where it cannot."""
+    config = source.config.to_dict()
+    family, _ = family_for(config)
+    changed = {kind for kind, (before, after) in kv_heads.items() if before != after}
+    blocks = [b for b in family.attention_blocks(config, source.state_dict().keys()) if b.kind in changed]
+    if init == "aligned" and aligned_refusal(config, blocks):
+        raise HfGqaError(aligned_refusal(config, blocks))
+    refusal = closed_form_refusal(config, blocks)
+    if refusal and init == "activation":
+        raise HfGqaError(f"--init activation: {refusal}; use --init calibrated (fitted from the mean)")
+    return config, blocks, refusal
+
+
+def fit_layers(
+    source, target, blocks, stack, kv_heads, batches, init, steps, lr, seed, progress, prepare=None, finish=None
+) -> list[BlockReport]:
+    """Fit the blocks of a single stack of layers in order, each block's output on the source block's inputs to the
+    source block's output (`layerwise.walk`, which also explains `prepare`/`finish`)."""
+    config = source.config.to_dict()
+    refusal = closed_form_refusal(config, blocks)
+    # the moments fill in as the source's layers run
+    recorder = _Recorder(source, blocks, None, moments=refusal is None or init == "aligned")
+    bar = tqdm(total=len(source.get_submodule(stack.container)), desc="fitting layers", disable=not progress)
+
+    def fit_block(block: AttentionBlock, records: list[dict]) -> BlockReport:
+        init_block(source, target, block, init, kv_heads, recorder.moments, config, refusal)
+        for key in list(recorder.moments):  # this block's moments are used: free them
+            if key.startswith(block.prefix + "."):
+                recorder.moments.pop(key)
+        if init != "calibrated":
+            return BlockReport(block.prefix)
+        return reconstruct(target, block, records, steps, lr, seed)
+
+    def done(index: int, block) -> None:
+        if finish is not None:
+            finish(index, block)
+        bar.update()
+
+    try:
+        return walk(source, stack, blocks, batches, fit_block, prepare=prepare, finish=done)
+    finally:
+        recorder.close()
+        bar.close()
+
+
+__all__ = [
+    "BlockReport",
+    "calibrate",
+    "converted_blocks",
+    "fit_layers",
+    "trainable",
+    "closed_form_refusal",
+    "rotary_dims",
+]

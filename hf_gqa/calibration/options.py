@@ -7,30 +7,37 @@ from ..core.options import option
 from ..errors import HfGqaError
 
 # The inits that need calibration text, besides the tensor inits of `hf_gqa.core.grouping.KV_INITS`.
-CALIBRATION_INITS = ("activation", "calibrated")
+CALIBRATION_INITS = ("aligned", "activation", "calibrated")
 # Where the effective defaults live (the declared defaults are None: "not set").
-DEFAULTS = {"calibration_samples": 32, "calibration_seq_len": 256, "calibration_steps": 60, "calibration_lr": 3e-3}
+DEFAULTS = {
+    "calibration_samples": 32,
+    "calibration_seq_len": 256,
+    "calibration_steps": 60,
+    "calibration_lr": 3e-3,
+    "calibration_distill_steps": 0,
+}
 VARIANTS = ("gqa", "mqa")
 
 
 @dataclass(frozen=True)
 class CalibrationOptions:
     calibration_data: str | None = option(
-        help="--init activation/calibrated: text to calibrate on: a local .txt (one text per line), .jsonl/.json "
-        "(a 'text' field), .csv or .parquet (a 'text' column) file, or 'aclsum' (the PyPI package's train split)",
+        help="--init aligned/activation/calibrated: text to calibrate on: a local .txt (one text per line), "
+        ".jsonl/.json (a 'text' field), .csv or .parquet (a 'text' column) file, or 'aclsum' (the PyPI package's "
+        "train split)",
         type=str,
         metavar="DATA",
         variants=VARIANTS,
     )
     calibration_samples: int | None = option(
-        help="--init activation/calibrated: sequences of calibration text "
+        help="--init aligned/activation/calibrated: sequences of calibration text "
         f"(default: {DEFAULTS['calibration_samples']})",
         type=int,
         metavar="N",
         variants=VARIANTS,
     )
     calibration_seq_len: int | None = option(
-        help=f"--init activation/calibrated: tokens per sequence (default: {DEFAULTS['calibration_seq_len']})",
+        help=f"--init aligned/activation/calibrated: tokens per sequence (default: {DEFAULTS['calibration_seq_len']})",
         type=int,
         metavar="T",
         variants=VARIANTS,
@@ -48,9 +55,24 @@ class CalibrationOptions:
         metavar="LR",
         variants=VARIANTS,
     )
+    calibration_distill_steps: int | None = option(
+        help="--init calibrated: then Adam steps (learning rate 1e-4) of end-to-end distillation of the converted "
+        "blocks from the source on the calibration text, KL of the next-token distributions; needs both models in "
+        f"memory (default: {DEFAULTS['calibration_distill_steps']})",
+        type=int,
+        metavar="S",
+        variants=VARIANTS,
+    )
 
 
-NAMES = ("calibration_data", "calibration_samples", "calibration_seq_len", "calibration_steps", "calibration_lr")
+NAMES = (
+    "calibration_data",
+    "calibration_samples",
+    "calibration_seq_len",
+    "calibration_steps",
+    "calibration_lr",
+    "calibration_distill_steps",
+)
 
 
 def check_calibration(spec) -> None:
@@ -64,12 +86,16 @@ def check_calibration(spec) -> None:
             value = getattr(spec, name)
             if value is not None and value < 1:
                 raise HfGqaError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
+        if spec.calibration_distill_steps is not None and spec.calibration_distill_steps < 0:
+            raise HfGqaError(f"--calibration-distill-steps must be at least 0; got {spec.calibration_distill_steps}")
+        if spec.init != "calibrated" and spec.calibration_distill_steps:
+            raise HfGqaError("--calibration-distill-steps applies to --init calibrated only")
         if spec.calibration_lr is not None and not spec.calibration_lr > 0:
             raise HfGqaError(f"--calibration-lr must be positive; got {spec.calibration_lr}")
         return
     named = [name for name in NAMES if getattr(spec, name) is not None]
     if named:
-        raise HfGqaError(f"--{named[0].replace('_', '-')} applies to --init activation and calibrated only")
+        raise HfGqaError(f"--{named[0].replace('_', '-')} applies to --init aligned, activation and calibrated only")
 
 
 def resolved(spec) -> dict:

@@ -1,9 +1,16 @@
-"""A converted model fitted to its source on calibration text (`--init activation` / `--init calibrated`)."""
+"""A converted model fitted to its source on calibration text (`--init activation` / `--init calibrated`): in
+memory (`calibrate_converted`) or on disk, one layer at a time (`calibrate_checkpoint`)."""
+
+from functools import partial
 
 from ..calibration.data import calibration_batches
-from ..calibration.fit import BlockReport, calibrate
+from ..calibration.distill import distill
+from ..calibration.fit import BlockReport, calibrate, converted_blocks, fit_layers, trainable
+from ..calibration.layerwise import find_stack
 from ..calibration.options import CALIBRATION_INITS, resolved
+from ..calibration.streamed import calibrate_folders, skeleton
 from ..errors import HfGqaError
+from ..families import family_for
 from .plan import ConversionPlan
 
 
@@ -11,20 +18,72 @@ def needs_calibration(spec) -> bool:
     return spec is not None and spec.init in CALIBRATION_INITS
 
 
-def calibrate_converted(source, converted, plan: ConversionPlan, spec, tokenizer, progress: bool = True):
-    """Fit `converted` (mean-pooled from `source` as `plan` says) to `source` in place, as `spec` asks."""
+def _refuse_reexpressed(plan: ConversionPlan, spec) -> None:
     if plan.reexpressed_from is not None:
         raise HfGqaError(f"--init {spec.init} does not support {plan.reexpressed_from} (it is re-expressed first)")
+
+
+def _batches(model, spec, tokenizer) -> list[dict]:
     options = resolved(spec)
-    batches = calibration_batches(
-        source, tokenizer, options["calibration_data"], options["calibration_samples"],
+    return calibration_batches(
+        model, tokenizer, options["calibration_data"], options["calibration_samples"],
         options["calibration_seq_len"], seed=spec.seed,
     )  # fmt: skip
+
+
+def calibrate_converted(source, converted, plan: ConversionPlan, spec, tokenizer, progress: bool = True):
+    """Fit `converted` (mean-pooled from `source` as `plan` says) to `source` in place, as `spec` asks; then, with
+    `--calibration-distill-steps`, distil it from `source` end to end."""
+    _refuse_reexpressed(plan, spec)
+    options = resolved(spec)
+    _, blocks, _ = converted_blocks(source, plan.kv_heads, spec.init)  # refusals before the text is read
+    batches = _batches(source, spec, tokenizer)
     reports: list[BlockReport] = calibrate(
-        source, converted, plan.kv_heads, batches, spec.init, options["calibration_steps"],
-        options["calibration_lr"], seed=spec.seed, progress=progress,
+        source, converted, plan.kv_heads, batches, spec.init,
+        options["calibration_steps"], options["calibration_lr"], seed=spec.seed, progress=progress,
     )  # fmt: skip
+    if options["calibration_distill_steps"]:
+        params = [p for b in blocks for p in trainable(converted.get_submodule(b.prefix))]
+        distill(source, converted, params, batches, options["calibration_distill_steps"], spec.seed, progress)
     return reports
 
 
-__all__ = ["calibrate_converted", "needs_calibration"]
+def distills(spec) -> bool:
+    """Whether the calibration ends with an end-to-end distillation (both models in memory)."""
+    return needs_calibration(spec) and bool(resolved(spec)["calibration_distill_steps"])
+
+
+def layerwise_possible(config: dict, keys) -> bool:
+    """Whether a checkpoint (its config, its tensor names) can be calibrated on disk one layer at a time: a single
+    stack of layers (decoder-only) whose tensors are named on disk as in memory."""
+    if config.get("is_encoder_decoder") or not config.get("architectures"):
+        return False
+    model = skeleton(config)
+    family, _ = family_for(config)
+    stack = find_stack(model, family.attention_blocks(config, model.state_dict().keys()))
+    if stack is None:
+        return False
+    names = {name for name, _ in model.named_parameters() if name.startswith(stack.container + ".")}
+    return names <= set(keys)
+
+
+def calibrate_checkpoint(source_folder, converted_folder, plan: ConversionPlan, spec, tokenizer, max_shard_size: int,
+                         progress: bool = True) -> list[BlockReport]:  # fmt: skip
+    """Fit the converted safetensors checkpoint in `converted_folder` (mean-pooled from the one in `source_folder`
+    as `plan` says) to its source in place, reading one layer of each at a time."""
+    _refuse_reexpressed(plan, spec)
+    options = resolved(spec)
+
+    def run(source, target, stack_of, prepare, finish):
+        _, blocks, _ = converted_blocks(source, plan.kv_heads, spec.init)
+        stack = stack_of(blocks)
+        return fit_layers(
+            source, target, blocks, stack, plan.kv_heads, _batches(source, spec, tokenizer), spec.init,
+            options["calibration_steps"], options["calibration_lr"], spec.seed, progress,
+            prepare=partial(prepare, stack), finish=partial(finish, stack),
+        )  # fmt: skip
+
+    return calibrate_folders(source_folder, converted_folder, run, max_shard_size)
+
+
+__all__ = ["calibrate_checkpoint", "calibrate_converted", "distills", "layerwise_possible", "needs_calibration"]

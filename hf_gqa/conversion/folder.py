@@ -10,12 +10,12 @@ from .._version import __version__
 from ..core.options import option
 from ..errors import HfGqaError
 from ..io.output import atomic_output_dir, check_output_dir, has_tokenizer, save_converted
-from ..io.safetensors import parse_size
+from ..io.safetensors import parse_size, read_headers, safetensors_files
 from ..io.sources import load_config_dict, load_tokenizer, safetensors_folder
 from ..registry import FORMS, resolve
 from ..spec import GQASpec
 from ..variants.wgqa.form import remove_stale_code
-from .calibrate import calibrate_converted, needs_calibration
+from .calibrate import calibrate_checkpoint, calibrate_converted, distills, layerwise_possible, needs_calibration
 from .cards import model_card
 from .memory import as_stored, convert_model, load_source, with_output_dtype
 from .plan import ConversionPlan, plan_conversion
@@ -97,8 +97,12 @@ def to_folder(
     location = location or str(output)
     # A config that names no class converts in memory, as its model type's default class (see `load_source`).
     streamable = family.streams and not in_memory and dtype in (None, "auto") and bool(config.get("architectures"))
-    streamable = streamable and not needs_calibration(spec)  # calibration runs the models: in memory
     folder = safetensors_folder(source) if streamable else None
+    if folder is not None and distills(spec):  # an end-to-end distillation runs both models: in memory
+        folder = None
+    if folder is not None and needs_calibration(spec):  # on disk one layer at a time where it can, else in memory
+        files = safetensors_files(folder)
+        folder = folder if files and layerwise_possible(config, read_headers(files).keys()) else None
 
     def card(plan: ConversionPlan, config: dict, parameters: tuple[int, int]) -> str:
         if spec is None:
@@ -106,8 +110,13 @@ def to_folder(
         return model_card(config, plan.kv_heads, parameters, location, plan.approximate)
 
     if folder is not None:
+        calibration_tokenizer = load_tokenizer(source) if needs_calibration(spec) else None
+        if needs_calibration(spec) and calibration_tokenizer is None:  # before anything is written
+            raise HfGqaError(f"--init {spec.init} needs the model's tokenizer: none was found beside the checkpoint")
         with atomic_output_dir(output, force=force) as tmp:
             result = stream_convert(folder, tmp, spec, provenance, max_shard_size, progress)
+            if needs_calibration(spec):
+                calibrate_checkpoint(folder, tmp, result.plan, spec, calibration_tokenizer, max_shard_size, progress)
             remove_stale_code(tmp, result.plan.config)  # a training form's code, when the output is stock
             (tmp / "README.md").write_text(card(result.plan, result.plan.config, result.parameters), "utf-8")
         plan, parameters = result.plan, result.parameters
@@ -122,7 +131,9 @@ def to_folder(
             calibrate_converted(model, converted, plan, spec, loaded_tokenizer, progress)
         text = card(plan, converted.config.to_dict(), parameters)
         as_stored(converted, dtype, source)  # the dtypes the streamed path writes (T5's wo stays float16)
-        save_converted(converted, output, loaded_tokenizer, text, force=force, max_shard_size=max_shard_size)
+        save_converted(
+            converted, output, loaded_tokenizer, text, force=force, max_shard_size=max_shard_size, source=source
+        )
         kv = (
             kv_cache_bytes_per_token(model.config.to_dict(), model.dtype),
             kv_cache_bytes_per_token(plan.config, converted.dtype),

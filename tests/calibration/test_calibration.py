@@ -142,13 +142,22 @@ def test_options_are_checked_in_one_line():
     source = make("llama", kv_heads=8)
     with pytest.raises(HfGqaError, match="needs --calibration-data"):
         hf_gqa.convert(source, groups=2, init="calibrated")
-    with pytest.raises(HfGqaError, match="applies to --init activation and calibrated only"):
+    with pytest.raises(HfGqaError, match="applies to --init aligned, activation and calibrated only"):
         hf_gqa.convert(source, groups=2, calibration_steps=5)
     with pytest.raises(HfGqaError, match="applies to gqa and mqa only"):
         hf_gqa.convert(source, groups=2, variant="wgqa", init="calibrated", calibration_data="x.txt")
 
 
-@pytest.mark.parametrize("init", ["activation", "calibrated"])
+@pytest.mark.parametrize("model_type", ["helium", "qwen3", "gemma3_text"])
+def test_activation_init_refuses_what_its_closed_form_cannot_compensate(model_type):
+    """Helium pairs RoPE dims 2j, 2j + 1 (not rotate_half's j, j + r/2); Qwen3 and Gemma 3 normalise each query and
+    key head with one shared norm weight after the projection: a per-plane key scale cannot move into the queries."""
+    source = make(model_type, kv_heads=8)
+    with pytest.raises(HfGqaError, match=f"--init activation: {model_type} (rotates interleaved|normalises)"):
+        hf_gqa.convert(source, groups=2, init="activation", calibration_data="x.txt")
+
+
+@pytest.mark.parametrize("init", ["aligned", "activation", "calibrated"])
 def test_convert_cli_calibrates_on_a_text_file_and_writes_the_stock_layout(t5_dir, tmp_path, capsys, init):
     from transformers import AutoModelForSeq2SeqLM
 
