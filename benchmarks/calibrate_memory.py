@@ -3,8 +3,9 @@ Llama-architecture model of about 0.75B parameters (stored in bfloat16) with Smo
 
     python benchmarks/calibrate_memory.py [--layers 24] [--samples 8] [--steps 10] [--json calibrate_memory.json]
 
-Each conversion runs in a child process, which reports its own peak RSS. Prints a table (peak RSS, the model's and
-its largest layer's float32 size, seconds per layer) and writes JSON. Calibration text: ACLSum train papers.
+Each conversion runs in a child process, which reports its own peak RSS (VmHWM). Prints a table (peak RSS, the
+model's and its largest layer's float32 size, seconds per layer) and writes JSON. Calibration text: ACLSum train
+papers.
 """
 
 import argparse
@@ -17,6 +18,15 @@ import time
 from pathlib import Path
 
 MIB = 2**20
+
+
+def high_water_mib() -> float:
+    """This process's peak RSS since it started (VmHWM). Not `ru_maxrss`: Linux carries that across fork and exec,
+    so a child would report the parent's peak (here: building the model)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build(folder: Path, layers: int) -> dict:
@@ -61,7 +71,7 @@ def child(source: str, output: str, samples: int, steps: int, in_memory: bool) -
     convert_to_folder(source, output, spec, in_memory=in_memory, progress=False)
     total = time.perf_counter() - start
     per_layer = [b - a for a, b in zip(stamps[::2], stamps[2::2], strict=False)]  # two releases per layer
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process's own peak, MiB
+    peak = high_water_mib()
     print(json.dumps({"seconds": total, "per_layer": per_layer, "peak_rss_mib": peak}))
 
 
