@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from .calibration.options import CALIBRATION_INITS, CalibrationOptions
 from .core.grouping import KV_INITS
 from .core.options import Option, declared, option
+from .errors import HfGqaError
 from .registry import OPTION_CLASSES, list_variants
 
 ATTENTION_KINDS = ("encoder", "decoder_self", "cross", "self")
@@ -67,6 +68,12 @@ def _post_init(self) -> None:
     if isinstance(self.attention, list | str):
         object.__setattr__(
             self, "attention", (self.attention,) if isinstance(self.attention, str) else tuple(self.attention)
+        )
+    if self.attention is not None and not (
+        isinstance(self.attention, tuple) and all(isinstance(kind, str) for kind in self.attention)
+    ):
+        raise HfGqaError(
+            f"attention must name attention kinds (e.g. ['decoder_self', 'cross']); got {self.attention!r}"
         )
     if self.attention is not None and not self.attention:
         object.__setattr__(self, "attention", None)

@@ -60,3 +60,13 @@ def test_yaml_booleans_must_be_yaml_booleans(tmp_path, capsys, key, value):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"hf-gqa: error: --config {str(spec)!r}: {key} must be true or false, got {value!r}"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("attention", [5, [5], ("cross", None), {"cross": 1}])
+def test_an_attention_that_is_not_kind_names_is_a_one_line_error(attention):
+    from hf_gqa.errors import HfGqaError
+    from hf_gqa.spec import GQASpec
+
+    with pytest.raises(HfGqaError, match="attention must name attention kinds") as error:
+        GQASpec(groups=2, attention=attention)
+    assert "\n" not in str(error.value)
