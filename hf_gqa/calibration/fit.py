@@ -27,7 +27,7 @@ from ..families import family_for
 from ..families.base import AttentionBlock
 from . import closed_form
 from .align import ADJACENT_ROPE, aligned_init, aligned_refusal
-from .layerwise import find_stack, walk
+from .layerwise import find_stack, map_tensors, walk
 
 
 @dataclass
@@ -116,24 +116,12 @@ class _Recorder:
 
 
 def _detach(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, tuple | list):
-        return type(value)(_detach(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _detach(v) for k, v in value.items()}
-    return value
+    return map_tensors(lambda t: t.detach().cpu(), value)
 
 
 def _float(value):
     """`value` with its floating-point tensors in float32 (the dtype blocks are fitted in)."""
-    if isinstance(value, torch.Tensor):
-        return value.float() if value.is_floating_point() else value
-    if isinstance(value, tuple | list):
-        return type(value)(_float(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _float(v) for k, v in value.items()}
-    return value
+    return map_tensors(lambda t: t.float() if t.is_floating_point() else t, value)
 
 
 def _heads(weight: torch.Tensor, bias: torch.Tensor | None, heads: int) -> list[torch.Tensor]:

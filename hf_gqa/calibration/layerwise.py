@@ -21,14 +21,19 @@ class _Stop(Exception):
     """Raised by a capture hook to end a forward pass early."""
 
 
-def detach(value):
+def map_tensors(fn, value):
+    """`value` (a forward call's arguments: tensors in tuples, lists and dicts) with `fn` applied to every tensor."""
     if isinstance(value, torch.Tensor):
-        return value.detach()
+        return fn(value)
     if isinstance(value, tuple | list):
-        return type(value)(detach(v) for v in value)
+        return type(value)(map_tensors(fn, v) for v in value)
     if isinstance(value, dict):
-        return {k: detach(v) for k, v in value.items()}
+        return {k: map_tensors(fn, v) for k, v in value.items()}
     return value
+
+
+def detach(value):
+    return map_tensors(torch.Tensor.detach, value)
 
 
 @dataclass(frozen=True)
@@ -148,4 +153,4 @@ def walk(
     return results
 
 
-__all__ = ["Stack", "capture_calls", "detach", "find_stack", "walk"]
+__all__ = ["Stack", "capture_calls", "detach", "find_stack", "map_tensors", "walk"]

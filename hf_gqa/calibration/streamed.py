@@ -24,7 +24,7 @@ from transformers import AutoConfig
 
 from ..errors import HfGqaError
 from ..io.auto import model_class, register_auto_classes
-from ..io.safetensors import INDEX_NAME, Reader, ShardWriter, read_headers, safetensors_files
+from ..io.safetensors import INDEX_NAME, Reader, ShardWriter, read_headers, safetensors_files, torch_dtype
 from .layerwise import find_stack
 
 DTYPE = torch.float32  # calibration runs in float32, whatever the checkpoint stores
@@ -62,12 +62,25 @@ def _parameters(module: nn.Module, prefix: str):
                 yield sub, param_name, f"{prefix}{name + '.' if name else ''}{param_name}"
 
 
-def load(module: nn.Module, prefix: str, reader: Reader) -> None:
-    """Read `module`'s parameters (named `prefix` + their names in the checkpoint) into it, in float32."""
+def _read(module: nn.Module, prefix: str, reader: Reader, skip: frozenset[int] = frozenset()) -> None:
+    """Read `module`'s parameters (named `prefix` + their names in the checkpoint) into it, in float32, except those
+    whose `id` is in `skip`. A tied parameter has several names: it is read once, under the name stored."""
+    names: dict[int, list] = {}
     for owner, name, key in _parameters(module, prefix):
-        if key not in reader.infos:
-            raise HfGqaError(f"the checkpoint has no tensor {key!r}: calibrate it with --in-memory")
-        owner._parameters[name] = nn.Parameter(reader(key).to(DTYPE), requires_grad=False)
+        if id(owner._parameters[name]) not in skip:
+            names.setdefault(id(owner._parameters[name]), []).append((owner, name, key))
+    for places in names.values():
+        stored = [key for _, _, key in places if key in reader.infos]
+        if not stored:
+            raise HfGqaError(f"the checkpoint has no tensor {places[0][2]!r}: calibrate it with --in-memory")
+        param = nn.Parameter(reader(stored[0]).to(DTYPE), requires_grad=False)
+        for owner, name, _ in places:
+            owner._parameters[name] = param
+
+
+def load(layer: nn.Module, prefix: str, reader: Reader) -> None:
+    """Read one layer's parameters into it (`release` frees them)."""
+    _read(layer, prefix, reader)
 
 
 def release(module: nn.Module) -> None:
@@ -97,7 +110,7 @@ def rewrite(folder: Path, fitted: dict[str, Path], max_shard_size: int) -> None:
             if key in fitted:
                 with safe_open(str(fitted[key]), framework="pt") as f:
                     tensor = f.get_tensor(key)
-                writer.add(key, tensor.to(_dtype(info.dtype)))
+                writer.add(key, tensor.to(torch_dtype(info.dtype)))
             else:
                 writer.copy(key, info, reader.open(info.file))
         new = writer.finish()
@@ -112,13 +125,6 @@ def rewrite(folder: Path, fitted: dict[str, Path], max_shard_size: int) -> None:
         if path.exists():
             path.rename(folder / path.name)
     shutil.rmtree(staging)
-
-
-_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
-
-
-def _dtype(name: str) -> torch.dtype:
-    return _DTYPES[name]
 
 
 def calibrate_folders(source_folder, converted_folder, calibrate_layers, max_shard_size: int):
@@ -142,17 +148,7 @@ def calibrate_folders(source_folder, converted_folder, calibrate_layers, max_sha
             head, embeddings = source.get_output_embeddings(), source.get_input_embeddings()
             skip = {id(p) for p in container.parameters()} | {id(p) for p in (head.parameters() if head else ())}
             skip -= {id(p) for p in embeddings.parameters()}  # tied to the output head, still read
-            names: dict[int, list] = {}  # a tied parameter has several names: read it once, under one stored
-            for owner, name, key in _parameters(source, ""):
-                if id(owner._parameters[name]) not in skip:
-                    names.setdefault(id(owner._parameters[name]), []).append((owner, name, key))
-            for places in names.values():
-                stored = [key for _, _, key in places if key in source_reader.infos]
-                if not stored:
-                    raise HfGqaError(f"the checkpoint has no tensor {places[0][2]!r}: calibrate it with --in-memory")
-                param = nn.Parameter(source_reader(stored[0]).to(DTYPE), requires_grad=False)
-                for owner, name, _ in places:
-                    owner._parameters[name] = param
+            _read(source, "", source_reader, skip=frozenset(skip))
             return stack
 
         def prepare(stack, index: int) -> None:

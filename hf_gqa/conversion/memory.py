@@ -14,7 +14,7 @@ from transformers.utils import logging as hf_logging
 from .._version import __version__
 from ..errors import HfGqaError
 from ..io.auto import model_class
-from ..io.safetensors import safetensors_files
+from ..io.safetensors import safetensors_files, torch_dtype
 from ..io.sources import load_config_dict, load_model, load_tokenizer, resolve_dtype
 from ..spec import OPTIONS, GQASpec
 from ..variants.wgqa import is_training_form
@@ -37,9 +37,6 @@ def with_output_dtype(config: dict, dtype) -> dict:
     return dict(config) if resolved is None else {**config, "dtype": str(resolved).removeprefix("torch.")}
 
 
-_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
-
-
 def _stored_dtypes(source) -> dict[str, torch.dtype]:
     """The dtype of each tensor a local safetensors checkpoint stores (empty for any other source)."""
     folder = Path(str(source)).expanduser() if source is not None else None
@@ -48,8 +45,8 @@ def _stored_dtypes(source) -> dict[str, torch.dtype]:
     for file in files or ():
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
-                dtype = _SAFETENSORS_DTYPES.get(f.get_slice(key).get_dtype())
-                if dtype is not None:
+                dtype = torch_dtype(f.get_slice(key).get_dtype())
+                if dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
                     stored[key] = dtype
     return stored
 

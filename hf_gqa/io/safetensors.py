@@ -36,6 +36,13 @@ _ST_DTYPES = {
     torch.float8_e5m2: "F8_E5M2",
 }
 _TORCH_DTYPES = {name: dtype for dtype, name in _ST_DTYPES.items()}
+
+
+def torch_dtype(name: str) -> torch.dtype | None:
+    """The torch dtype a safetensors header's dtype name stands for (None: one torch cannot read)."""
+    return _TORCH_DTYPES.get(name)
+
+
 # Bits per element of every dtype the safetensors format names (what a header may say; reading needs _TORCH_DTYPES).
 _DTYPE_BITS = {
     **{name: 8 for name in ("BOOL", "U8", "I8", "F8_E4M3", "F8_E4M3FNUZ", "F8_E5M2", "F8_E5M2FNUZ", "F8_E8M0")},
@@ -214,7 +221,7 @@ class Reader:
 
     def __call__(self, key: str) -> torch.Tensor:
         info = self.infos[key]
-        dtype = _TORCH_DTYPES.get(info.dtype)
+        dtype = torch_dtype(info.dtype)
         if dtype is None:
             raise CheckpointError(f"cannot read {key!r}: unknown safetensors dtype {info.dtype}")
         handle = self.open(info.file)
