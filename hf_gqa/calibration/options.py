@@ -1,5 +1,6 @@
 """The calibration options (`--calibration-*`), declared once: CLI flags, `--config` keys, recipe fields and
-`hf_gqa.convert` keywords come from here. They apply to `--init activation` and `--init calibrated`."""
+`hf_gqa.convert` keywords come from here. They apply to the calibrated inits (`--init aligned`, `activation`,
+`calibrated`); the calibration text options also to SimGQA's `--similarity activation`."""
 
 from dataclasses import dataclass
 
@@ -22,22 +23,23 @@ VARIANTS = ("gqa", "mqa")
 @dataclass(frozen=True)
 class CalibrationOptions:
     calibration_data: str | None = option(
-        help="--init aligned/activation/calibrated: text to calibrate on: a local .txt (one text per line), "
-        ".jsonl/.json (a 'text' field), .csv or .parquet (a 'text' column) file, or 'aclsum' (the PyPI package's "
-        "train split)",
+        help="--init aligned/activation/calibrated, --similarity activation: text to calibrate on: a local .txt (one "
+        "text per line), .jsonl/.json (a 'text' field), .csv or .parquet (a 'text' column) file, or 'aclsum' (the "
+        "PyPI package's train split)",
         type=str,
         metavar="DATA",
         variants=VARIANTS,
     )
     calibration_samples: int | None = option(
-        help="--init aligned/activation/calibrated: sequences of calibration text "
+        help="--init aligned/activation/calibrated, --similarity activation: sequences of calibration text "
         f"(default: {DEFAULTS['calibration_samples']})",
         type=int,
         metavar="N",
         variants=VARIANTS,
     )
     calibration_seq_len: int | None = option(
-        help=f"--init aligned/activation/calibrated: tokens per sequence (default: {DEFAULTS['calibration_seq_len']})",
+        help="--init aligned/activation/calibrated, --similarity activation: tokens per sequence "
+        f"(default: {DEFAULTS['calibration_seq_len']})",
         type=int,
         metavar="T",
         variants=VARIANTS,

@@ -127,6 +127,42 @@ def rewrite(folder: Path, fitted: dict[str, Path], max_shard_size: int) -> None:
     shutil.rmtree(staging)
 
 
+def _stack_read(source: nn.Module, blocks, reader: Reader):
+    """`source`'s stack of layers holding `blocks`, with the embeddings and whatever runs before the first layer
+    read into it (not the layers, not the output head)."""
+    stack = find_stack(source, blocks)
+    if stack is None:
+        raise HfGqaError("this model's layers cannot be calibrated one at a time: use --in-memory")
+    container = source.get_submodule(stack.container)
+    head, embeddings = source.get_output_embeddings(), source.get_input_embeddings()
+    skip = {id(p) for p in container.parameters()} | {id(p) for p in (head.parameters() if head else ())}
+    skip -= {id(p) for p in embeddings.parameters()}  # tied to the output head, still read
+    _read(source, "", reader, skip=frozenset(skip))
+    return stack
+
+
+def walk_folder(source_folder, walk_layers):
+    """Run `walk_layers(source, stack_of, prepare, finish)` (as `calibrate_folders` does, without a converted model)
+    over the checkpoint in `source_folder`, one layer in memory at a time: `stack_of(blocks)` reads what runs before
+    the layers, `prepare(stack, index)` reads a layer, `finish(stack, index, block)` frees it. Returns its result."""
+    source_folder = Path(source_folder)
+    source = skeleton(json.loads((source_folder / "config.json").read_text("utf-8")))
+    reader = _readers(source_folder)
+    try:
+
+        def prepare(stack, index: int) -> None:
+            load(source.get_submodule(stack.container)[index], f"{stack.container}.{index}.", reader)
+
+        def finish(stack, index: int, block) -> None:
+            release(source.get_submodule(stack.container)[index])
+            gc.collect()
+            _trim()
+
+        return walk_layers(source, lambda blocks: _stack_read(source, blocks, reader), prepare, finish)
+    finally:
+        reader.close()
+
+
 def calibrate_folders(source_folder, converted_folder, calibrate_layers, max_shard_size: int):
     """Calibrate the checkpoint in `converted_folder` (converted from `source_folder`) in place, one layer at a time.
     `calibrate_layers(source, target, stack, prepare, finish)` walks the layers (`fit.calibrate_layers`)."""
@@ -140,16 +176,7 @@ def calibrate_folders(source_folder, converted_folder, calibrate_layers, max_sha
     try:
 
         def stack_of(blocks):
-            stack = find_stack(source, blocks)
-            if stack is None:
-                raise HfGqaError("this model's layers cannot be calibrated one at a time: use --in-memory")
-            container = source.get_submodule(stack.container)
-            # the embeddings and whatever runs before the first layer (not the layers, not the output head)
-            head, embeddings = source.get_output_embeddings(), source.get_input_embeddings()
-            skip = {id(p) for p in container.parameters()} | {id(p) for p in (head.parameters() if head else ())}
-            skip -= {id(p) for p in embeddings.parameters()}  # tied to the output head, still read
-            _read(source, "", source_reader, skip=frozenset(skip))
-            return stack
+            return _stack_read(source, blocks, source_reader)
 
         def prepare(stack, index: int) -> None:
             prefix = f"{stack.container}.{index}."
@@ -182,4 +209,4 @@ def calibrate_folders(source_folder, converted_folder, calibrate_layers, max_sha
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-__all__ = ["calibrate_folders", "load", "release", "rewrite", "skeleton"]
+__all__ = ["calibrate_folders", "load", "release", "rewrite", "skeleton", "walk_folder"]

@@ -1,5 +1,7 @@
 """A converted model fitted to its source on calibration text (`--init activation` / `--init calibrated`): in
-memory (`calibrate_converted`) or on disk, one layer at a time (`calibrate_checkpoint`)."""
+memory (`calibrate_converted`) or on disk, one layer at a time (`calibrate_checkpoint`). And SimGQA's activation
+similarity (`--similarity activation`), measured on the source before the plan (`measure_similarities`, in memory, or
+`measure_similarities_on_disk`)."""
 
 from functools import partial
 
@@ -8,6 +10,7 @@ from ..calibration.distill import distill
 from ..calibration.fit import BlockReport, calibrate, converted_blocks, fit_layers, trainable
 from ..calibration.layerwise import find_stack
 from ..calibration.options import CALIBRATION_INITS, resolved
+from ..calibration.similarity import head_similarities, head_similarities_on_disk, measures_activations
 from ..calibration.streamed import calibrate_folders, skeleton
 from ..errors import HfGqaError
 from ..families import family_for
@@ -29,6 +32,26 @@ def _batches(model, spec, tokenizer) -> list[dict]:
         model, tokenizer, options["calibration_data"], options["calibration_samples"],
         options["calibration_seq_len"], seed=spec.seed,
     )  # fmt: skip
+
+
+def reads_calibration_text(spec) -> bool:
+    """Whether a conversion runs the source over calibration text: a calibrated init, or activation similarity."""
+    return needs_calibration(spec) or measures_activations(spec)
+
+
+def measure_similarities(source, kv_heads, spec, tokenizer, progress: bool = True):
+    """SimGQA's `--similarity activation`: block prefix -> `(H, H)` similarity of the K/V heads that `kv_heads`
+    (the plan's attention kind -> before, after) groups, from one pass of `source` (in memory) over the calibration
+    text; `plan_conversion`'s `head_similarities`."""
+    if not any(before != after for before, after in kv_heads.values()):
+        return {}
+    return head_similarities(source, kv_heads, _batches(source, spec, tokenizer), progress)
+
+
+def measure_similarities_on_disk(folder, kv_heads, spec, tokenizer, progress: bool = True):
+    """`measure_similarities` of the decoder-only safetensors checkpoint in `folder`, one layer in memory at a time."""
+    batches = partial(_batches, spec=spec, tokenizer=tokenizer)
+    return head_similarities_on_disk(folder, kv_heads, batches, progress)
 
 
 def calibrate_converted(source, converted, plan: ConversionPlan, spec, tokenizer, progress: bool = True):
@@ -86,4 +109,13 @@ def calibrate_checkpoint(source_folder, converted_folder, plan: ConversionPlan, 
     return calibrate_folders(source_folder, converted_folder, run, max_shard_size)
 
 
-__all__ = ["calibrate_checkpoint", "calibrate_converted", "distills", "layerwise_possible", "needs_calibration"]
+__all__ = [
+    "calibrate_checkpoint",
+    "calibrate_converted",
+    "distills",
+    "layerwise_possible",
+    "measure_similarities",
+    "measure_similarities_on_disk",
+    "needs_calibration",
+    "reads_calibration_text",
+]

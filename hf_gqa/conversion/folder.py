@@ -15,7 +15,17 @@ from ..io.sources import load_config_dict, load_tokenizer, safetensors_folder
 from ..registry import FORMS, resolve
 from ..spec import GQASpec
 from ..variants.wgqa.form import remove_stale_code
-from .calibrate import calibrate_checkpoint, calibrate_converted, distills, layerwise_possible, needs_calibration
+from .calibrate import (
+    calibrate_checkpoint,
+    calibrate_converted,
+    distills,
+    layerwise_possible,
+    measure_similarities,
+    measure_similarities_on_disk,
+    measures_activations,
+    needs_calibration,
+    reads_calibration_text,
+)
 from .cards import model_card
 from .memory import as_stored, convert_model, load_source, with_output_dtype
 from .plan import ConversionPlan, plan_conversion
@@ -92,7 +102,7 @@ def to_folder(
         provenance = {"hf_gqa_version": __version__}
         kv_heads = _folded_heads(config)
     else:
-        plan_conversion(with_output_dtype(config, dtype), spec, validate_only=True)  # a bad --groups fails here
+        checked = plan_conversion(with_output_dtype(config, dtype), spec, validate_only=True)  # a bad --groups fails
         provenance = {"gqa_source": str(source), "hf_gqa_version": __version__}
     location = location or str(output)
     # A config that names no class converts in memory, as its model type's default class (see `load_source`).
@@ -100,9 +110,10 @@ def to_folder(
     folder = safetensors_folder(source) if streamable else None
     if folder is not None and distills(spec):  # an end-to-end distillation runs both models: in memory
         folder = None
-    if folder is not None and needs_calibration(spec):  # on disk one layer at a time where it can, else in memory
+    if folder is not None and reads_calibration_text(spec):  # on disk one layer at a time where it can, else in memory
         files = safetensors_files(folder)
         folder = folder if files and layerwise_possible(config, read_headers(files).keys()) else None
+    measures = measures_activations(spec)
 
     def card(plan: ConversionPlan, config: dict, parameters: tuple[int, int]) -> str:
         if spec is None:
@@ -110,11 +121,17 @@ def to_folder(
         return model_card(config, plan.kv_heads, parameters, location, plan.approximate)
 
     if folder is not None:
-        calibration_tokenizer = load_tokenizer(source) if needs_calibration(spec) else None
-        if needs_calibration(spec) and calibration_tokenizer is None:  # before anything is written
-            raise HfGqaError(f"--init {spec.init} needs the model's tokenizer: none was found beside the checkpoint")
+        calibration_tokenizer = load_tokenizer(source) if reads_calibration_text(spec) else None
+        if reads_calibration_text(spec) and calibration_tokenizer is None:  # before anything is written
+            what = f"--init {spec.init}" if needs_calibration(spec) else "--similarity activation"
+            raise HfGqaError(f"{what} needs the model's tokenizer: none was found beside the checkpoint")
+        similarities = None
+        if measures:  # SimGQA's activation similarity: the source from disk, one layer at a time
+            similarities = measure_similarities_on_disk(
+                folder, checked.kv_heads, spec, calibration_tokenizer, progress
+            )
         with atomic_output_dir(output, force=force) as tmp:
-            result = stream_convert(folder, tmp, spec, provenance, max_shard_size, progress)
+            result = stream_convert(folder, tmp, spec, provenance, max_shard_size, progress, similarities)
             if needs_calibration(spec):
                 calibrate_checkpoint(folder, tmp, result.plan, spec, calibration_tokenizer, max_shard_size, progress)
             remove_stale_code(tmp, result.plan.config)  # a training form's code, when the output is stock
@@ -124,9 +141,14 @@ def to_folder(
         tokenizer = has_tokenizer(output)
     else:
         model = load_source(source, dtype=dtype)
-        converted, plan = convert_model(model, spec, dtype=dtype, source=str(source), return_plan=True)
-        parameters = (model.num_parameters(), converted.num_parameters())
         loaded_tokenizer = load_tokenizer(source)
+        similarities = None
+        if measures:
+            similarities = measure_similarities(model, checked.kv_heads, spec, loaded_tokenizer, progress)
+        converted, plan = convert_model(
+            model, spec, dtype=dtype, source=str(source), return_plan=True, head_similarities=similarities
+        )
+        parameters = (model.num_parameters(), converted.num_parameters())
         if needs_calibration(spec):
             calibrate_converted(model, converted, plan, spec, loaded_tokenizer, progress)
         text = card(plan, converted.config.to_dict(), parameters)

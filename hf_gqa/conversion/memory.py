@@ -18,7 +18,7 @@ from ..io.safetensors import safetensors_files, torch_dtype
 from ..io.sources import load_config_dict, load_model, load_tokenizer, resolve_dtype
 from ..spec import OPTIONS, GQASpec
 from ..variants.wgqa import is_training_form
-from .calibrate import calibrate_converted, needs_calibration
+from .calibrate import calibrate_converted, measure_similarities, measures_activations, needs_calibration
 from .plan import ConversionPlan, get_architecture, plan_conversion
 
 
@@ -86,12 +86,18 @@ def _quiet_loading():
 
 
 def convert_model(
-    model: PreTrainedModel, spec: GQASpec | None, dtype=None, source: str | None = None, return_plan: bool = False
+    model: PreTrainedModel,
+    spec: GQASpec | None,
+    dtype=None,
+    source: str | None = None,
+    return_plan: bool = False,
+    head_similarities=None,
 ):
     """Convert a model in memory. The result is built through `from_pretrained` (never `load_state_dict`, which
     would re-tie T5's untied `lm_head`), with the source's generation config. With `return_plan=True`, returns
     `(model, plan)` so callers can report what changed without planning again. `spec=None` only re-expresses the
-    model (e.g. folds a WGQA training form, see `hf_gqa.fold`), keeping its provenance."""
+    model (e.g. folds a WGQA training form, see `hf_gqa.fold`), keeping its provenance. `head_similarities`:
+    SimGQA's `--similarity activation` measured on `model` (`plan_conversion`'s; `hf_gqa.convert` measures them)."""
     source = source or getattr(model.config, "_name_or_path", None) or None
     config_dict = model.config.to_dict()
     config_dict["architectures"] = [type(model).__name__]  # what is in memory, whatever the config says
@@ -106,8 +112,9 @@ def convert_model(
     if spec is not None:
         provenance = {"gqa_source": source, **provenance}
     plan: ConversionPlan = plan_conversion(
-        config_dict, spec, provenance, keys=state_dict.keys(), get=state_dict.__getitem__
-    )
+        config_dict, spec, provenance, keys=state_dict.keys(), get=state_dict.__getitem__,
+        head_similarities=head_similarities,
+    )  # fmt: skip
     state_dict = plan.convert_state_dict(state_dict)
     config = AutoConfig.for_model(**plan.config)
     with _quiet_loading():
@@ -141,15 +148,20 @@ def convert(model_or_path: PreTrainedModel | str | os.PathLike, dtype=None, **op
     spec = spec_from_options(options)
     if isinstance(model_or_path, PreTrainedModel):
         model, source = model_or_path, None
-        plan_conversion(model.config.to_dict(), spec, validate_only=True)
+        checked = plan_conversion(model.config.to_dict(), spec, validate_only=True)
     else:
         config = load_config_dict(model_or_path)
-        plan_conversion(with_output_dtype(config, dtype), spec, validate_only=True)  # refused before weights are read
+        checked = plan_conversion(with_output_dtype(config, dtype), spec, validate_only=True)  # before the weights
         model, source = load_model(model_or_path, config, dtype=dtype), str(model_or_path)
-    converted, plan = convert_model(model, spec, dtype=dtype, source=source, return_plan=True)
+    if tokenizer is None and (needs_calibration(spec) or measures_activations(spec)):
+        tokenizer = load_tokenizer(source or getattr(model.config, "_name_or_path", None) or "")
+    similarities = (
+        measure_similarities(model, checked.kv_heads, spec, tokenizer) if measures_activations(spec) else None
+    )
+    converted, plan = convert_model(
+        model, spec, dtype=dtype, source=source, return_plan=True, head_similarities=similarities
+    )
     if needs_calibration(spec):
-        if tokenizer is None:
-            tokenizer = load_tokenizer(source or getattr(model.config, "_name_or_path", None) or "")
         calibrate_converted(model, converted, plan, spec, tokenizer)
     return converted
 
@@ -160,7 +172,7 @@ convert.__signature__ = inspect.Signature(
         inspect.Parameter("model_or_path", inspect.Parameter.POSITIONAL_OR_KEYWORD),
         inspect.Parameter("dtype", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
         *(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default) for o in OPTIONS.values()),
-        inspect.Parameter("tokenizer", inspect.Parameter.KEYWORD_ONLY, default=None),  # for --init calibrated
+        inspect.Parameter("tokenizer", inspect.Parameter.KEYWORD_ONLY, default=None),  # calibration text's
     ]
 )
 

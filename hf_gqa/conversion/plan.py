@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..calibration.options import CALIBRATION_INITS, check_calibration
+from ..calibration.options import CALIBRATION_INITS
+from ..calibration.similarity import check_options, measures_activations, refusal
 from ..core.grouping import KV_INITS, key_generator
 from ..core.tensormap import TensorMap, TensorOp
 from ..errors import HfGqaError, InvalidGroupsError
@@ -49,13 +50,16 @@ def plan_conversion(
     keys: Iterable[str] | None = None,
     get: Callable[[str], torch.Tensor] | None = None,
     validate_only: bool = False,
+    head_similarities: Mapping[str, torch.Tensor] | None = None,
 ) -> ConversionPlan:
     """Plan the conversion of a checkpoint with this `config` (a config dict) as `spec` asks.
 
     `keys`, the checkpoint's tensor names when known, lets an adapter match how a checkpoint on disk names its
     tensors (some keep no base-model prefix). `get(key)` reads one of its tensors, for variants whose plan depends on
     the weights (SimGQA's similarity grouping); `validate_only=True` checks the request against the config alone and
-    skips what needs the weights (the plan's tensors are then incomplete). With `spec=None` the plan only
+    skips what needs the weights (the plan's tensors are then incomplete). `head_similarities` (block prefix ->
+    `(H, H)`) is what SimGQA's `--similarity activation` groups by, measured on the source by the calibration layer
+    (`hf_gqa.calibration.similarity`): the plan stays a function of its inputs. With `spec=None` the plan only
     re-expresses the checkpoint exactly (a WGQA training form folded, GPT-NeoX as Phi; anything else unchanged) and
     leaves its K/V heads as they are.
     """
@@ -85,7 +89,7 @@ def plan_conversion(
         choices = ", ".join(sorted(KV_INITS) + list(CALIBRATION_INITS))
         raise HfGqaError(f"unknown init {spec.init!r}; choose one of {choices}")
     variant.check_spec(spec)
-    check_calibration(spec)
+    check_options(spec)
     kinds = tuple(spec.attention) if spec.attention else architecture.default_attention
     unknown = [k for k in kinds if k not in architecture.attention_kinds]
     if isinstance(spec.groups, Mapping):
@@ -104,6 +108,15 @@ def plan_conversion(
             raise InvalidGroupsError(f"the model has no {kind} attention")
         new = variant.kv_heads(kind, block.num_heads, block.kv_heads, spec.groups_for(kind))
         kv_heads[kind] = (block.kv_heads, new)
+    if measures_activations(spec):  # refused before any calibration text is read
+        if prelude is not None:
+            raise HfGqaError(
+                f"--similarity activation does not support {source_model_type} (it is re-expressed first)"
+            )
+        changed = {kind for kind, (before, after) in kv_heads.items() if before != after}
+        why = refusal(config, [b for b in blocks if b.kind in changed])
+        if why:
+            raise HfGqaError(why)
 
     provenance = {
         "gqa_variant": spec.variant,
@@ -140,7 +153,11 @@ def plan_conversion(
         optional=frozenset(optional),
         name=f"{spec.variant} conversion of {architecture.name}",
     )
-    before = None if validate_only else variant.prelude(architecture, config, blocks, kv_heads, spec, get)
+    before = None
+    if not validate_only:
+        before = variant.prelude(
+            architecture, config, blocks, kv_heads, spec, get, head_similarities=head_similarities
+        )
     if before is not None:
         before_map, config_updates = before
         tensors = before_map.then(tensors)

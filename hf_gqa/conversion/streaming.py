@@ -59,11 +59,13 @@ def stream_convert(
     provenance: dict | None = None,
     max_shard_size: int | str = "5GB",
     progress: bool = True,
+    head_similarities=None,
 ) -> StreamResult:
     """Convert the safetensors checkpoint in `folder` into the existing, empty folder `output`.
 
     Writes the weights (re-sharded), `config.json`, the source's other top-level files (tokenizer, generation config)
     and the modeling code when the target model type is one of hf-gqa's. Use `save_streamed` for an atomic output.
+    `head_similarities`: SimGQA's `--similarity activation`, measured on the source (`plan_conversion`'s).
     """
     folder, output = Path(folder), Path(output)
     shard_size = parse_size(max_shard_size)
@@ -80,7 +82,9 @@ def stream_convert(
     check_tensors(config, infos)  # every tensor against the config: nothing is written before both pass
     reader = Reader(infos)  # SimGQA's plan reads weights: the same reader as the conversion
     try:
-        plan = plan_conversion(config, spec, provenance, keys=infos.keys(), get=reader)
+        plan = plan_conversion(
+            config, spec, provenance, keys=infos.keys(), get=reader, head_similarities=head_similarities
+        )
         output_keys = plan.tensors.output_keys(infos.keys())
     except BaseException:
         reader.close()

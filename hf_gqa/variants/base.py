@@ -50,9 +50,11 @@ class Variant:
                     f"{self.name!r}"
                 )
 
-    def prelude(self, family, config: dict, blocks, kv_heads, spec, get):
+    def prelude(self, family, config: dict, blocks, kv_heads, spec, get, head_similarities=None):
         """A `TensorMap` to apply before the variant's own tensor ops (e.g. a head reorder) and the config entries
-        it implies, or None. `get(key)` reads a tensor of the checkpoint (None where no tensors are at hand)."""
+        it implies, or None. `get(key)` reads a tensor of the checkpoint (None where no tensors are at hand);
+        `head_similarities` (block prefix -> `(H, H)`) are what was measured on the source beyond its tensors
+        (SimGQA's `--similarity activation`), or None."""
         return None
 
     def provenance(self, spec) -> dict:

@@ -21,7 +21,7 @@ from ...core.hooks import TrainingHook, TrainingState
 from ...errors import HfGqaError
 from ...families import family_for
 from ..wgqa import FORM as WGQA_FORM
-from .reorder import SIMILARITY_SOURCES, reorder_map, similarity_orders
+from .reorder import ACTIVATION, WEIGHT_SIMILARITIES, reorder_map, similarity_orders
 from .variant import t5_bias_orders
 
 
@@ -45,7 +45,7 @@ def regroup_heads_(model, optimizer=None, similarity: str | None = None) -> dict
     """Regroup a training form in place by head similarity (and its optimizer state). Returns the orders.
     `similarity`: query, key or value (default: the conversion's `gqa_similarity`, else query)."""
     config = model.config.to_dict()
-    similarity = similarity or config.get("gqa_similarity") or "query"
+    similarity = _weight_similarity(similarity, config.get("gqa_similarity"))
     family, view, blocks, groups = _training_form_blocks(config)
     params = dict(model.named_parameters())
 
@@ -78,6 +78,24 @@ def regroup_heads_(model, optimizer=None, similarity: str | None = None) -> dict
     return orders
 
 
+def _weight_similarity(similarity: str | None, converted_with: str | None) -> str:
+    """The similarity a regrouping uses: `similarity`, else the conversion's, else query. Activation similarity is
+    measured on calibration text, which training does not have: refused in one line."""
+    if similarity is None and converted_with == ACTIVATION:
+        raise HfGqaError(
+            "SimGQARegroup: this model was grouped by --similarity activation, which needs calibration text that "
+            "training does not have; regroup by weights instead: SimGQARegroup(every=N, similarity='query') "
+            "(or 'key', 'value')"
+        )
+    similarity = similarity or converted_with or "query"
+    if similarity not in WEIGHT_SIMILARITIES:
+        why = " (activation needs calibration text, which training does not have)" if similarity == ACTIVATION else ""
+        raise HfGqaError(
+            f"SimGQARegroup: similarity must be one of {', '.join(WEIGHT_SIMILARITIES)}{why}, got {similarity!r}"
+        )
+    return similarity
+
+
 def _set_t5_head_order(model, head_order: dict) -> None:
     """Record T5's per-layer bias orders in the config (saved with the model) and in each attention module."""
     model.config.gqa_head_order = head_order
@@ -89,19 +107,20 @@ def _set_t5_head_order(model, head_order: dict) -> None:
 
 class SimGQARegroup(TrainingHook):
     """Regroup heads by similarity every `every` optimizer steps (the paper's 200 or 1000). `similarity`: query, key
-    or value (default: the one the model was converted with, `gqa_similarity` in its config, else query)."""
+    or value (default: the one the model was converted with, `gqa_similarity` in its config, else query). A model
+    grouped by activation similarity (calibration text, at conversion) needs one of those named: refused otherwise."""
 
     def __init__(self, every: int, similarity: str | None = None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise HfGqaError(f"SimGQARegroup: every must be a positive number of steps, got {every!r}")
-        if similarity is not None and similarity not in SIMILARITY_SOURCES:
-            raise HfGqaError(
-                f"SimGQARegroup: similarity must be one of {', '.join(SIMILARITY_SOURCES)}, got {similarity!r}"
-            )
+        if similarity is not None:
+            _weight_similarity(similarity, None)
         self.every, self.similarity, self.regroups = every, similarity, 0
         self.head_order = None  # T5: the per-layer bias orders, which live in the config, not in the weights
 
     def on_train_begin(self, state: TrainingState) -> None:
+        converted_with = getattr(getattr(state.model, "config", None), "gqa_similarity", None)
+        _weight_similarity(self.similarity, converted_with)  # refused before the first step, not at the N-th
         if self.head_order is not None:  # resumed: the weights came back permuted, the bias orders must follow
             _set_t5_head_order(state.model, self.head_order)
 

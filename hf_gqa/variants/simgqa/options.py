@@ -9,8 +9,11 @@ from .reorder import SIMILARITY_SOURCES
 @dataclass(frozen=True)
 class SimGQAOptions:
     similarity: str | None = option(
-        help="simgqa/simwgqa: which projection's per-head weights decide which heads share a group, by cosine "
-        "similarity: query (the paper's, default), key or value",
+        help="simgqa/simwgqa: what decides which heads share a group: the cosine similarity of the per-head "
+        "query (the paper's, default), key or value projection weights; or activation (ours, not the paper's): how "
+        "closely each K/V head's outputs on calibration text match another's after the best orthogonal alignment, "
+        "RoPE-safe for keys (one calibration pass of the source over --calibration-data, --calibration-samples, "
+        "--calibration-seq-len; once: not with --regroup-every)",
         type=str,
         choices=SIMILARITY_SOURCES,
         together="simgqa",

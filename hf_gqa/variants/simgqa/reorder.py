@@ -2,11 +2,13 @@
 
 `reorder_map` turns per-block head orders into a `TensorMap` over a checkpoint's tensors, so a reorder runs in
 memory or streamed, and composes with the GQA pooling that follows it. `similarity_orders` computes SimGQA's orders
-from the checkpoint's own weights.
+from the checkpoint's own weights (query, key, value: cosine of the per-head projections), or (activation, ours) from
+head similarity matrices measured on calibration text by the calibration layer and handed in; the greedy grouping is
+the same either way.
 """
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -15,7 +17,9 @@ from ...core.tensormap import TensorMap, TensorOp
 from ...errors import HfGqaError
 from ...families.base import AttentionBlock, Family, HeadSlice, PerHeadModules
 
-SIMILARITY_SOURCES = ("query", "key", "value")
+WEIGHT_SIMILARITIES = ("query", "key", "value")  # cosine of the per-head projection weights (query: the paper's)
+ACTIVATION = "activation"  # ours: the heads' calibration outputs after optimal alignment, measured outside the plan
+SIMILARITY_SOURCES = (*WEIGHT_SIMILARITIES, ACTIVATION)
 
 
 def _slice_rows(tensor: torch.Tensor, piece: HeadSlice) -> torch.Tensor:
@@ -42,10 +46,15 @@ def similarity_orders(
     group_size: dict[str, int],
     get: Callable[[str], torch.Tensor],
     source: str = "query",
+    similarities: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, list[int]]:
-    """Block prefix -> head order grouping similar heads (cosine of the flattened per-head `source` projections)."""
+    """Block prefix -> head order grouping similar heads: by the cosine of the flattened per-head `source`
+    projections, or, with `source="activation"`, by `similarities` (block prefix -> `(H, H)` similarity of its
+    K/V heads, measured on calibration text; blocks whose groups hold one head need none)."""
     if source not in SIMILARITY_SOURCES:
         raise ValueError(f"unknown similarity source {source!r}; choose from {', '.join(SIMILARITY_SOURCES)}")
+    if source == ACTIVATION:
+        return _measured_orders(family, config, blocks, group_size, similarities)
     role = source[0]
     orders = {}
     for block in blocks:
@@ -58,6 +67,30 @@ def similarity_orders(
         if piece.dim == 1:  # heads along columns (GPT-2's Conv1D): make them rows
             rows = rows.T
         orders[block.prefix] = similarity_order(head_similarity(rows, block.num_heads), group_size[block.kind])
+    return orders
+
+
+def _measured_orders(family, config, blocks, group_size, similarities) -> dict[str, list[int]]:
+    orders = {}
+    for block in blocks:
+        head_layout(family, config, block)  # an MHA block whose heads can move, or a one-line refusal
+        size = group_size[block.kind]
+        matrix = (similarities or {}).get(block.prefix)
+        if size == 1:
+            orders[block.prefix] = list(range(block.num_heads))
+            continue
+        if matrix is None:
+            raise HfGqaError(
+                f"--similarity activation needs the head similarities of {block.prefix} measured on calibration "
+                "text: hf_gqa.convert and hf-gqa convert measure them (with --calibration-data); plan_conversion "
+                "and convert_model take them as head_similarities"
+            )
+        if tuple(matrix.shape) != (block.num_heads, block.num_heads):
+            raise HfGqaError(
+                f"the head similarities of {block.prefix} have shape {tuple(matrix.shape)}, not "
+                f"{block.num_heads} x {block.num_heads}"
+            )
+        orders[block.prefix] = similarity_order(matrix, size)
     return orders
 
 
@@ -112,4 +145,12 @@ def reorder_map(
     return TensorMap(ops=ops, optional=frozenset(optional), name="head reorder")
 
 
-__all__ = ["SIMILARITY_SOURCES", "head_layout", "mixer_slices", "reorder_map", "similarity_orders"]
+__all__ = [
+    "ACTIVATION",
+    "SIMILARITY_SOURCES",
+    "WEIGHT_SIMILARITIES",
+    "head_layout",
+    "mixer_slices",
+    "reorder_map",
+    "similarity_orders",
+]

@@ -1,9 +1,11 @@
 """SimGQA (Chinnakonduru et al., 2024): heads reordered so that similar heads share a group, then grouped.
 
-Similarity is the cosine of the flattened per-head query projections (the paper's; keys or values as options), and
-groups are equal-sized for any group size (`hf_gqa.core.similarity`). The reorder moves whole heads: query rows,
-K/V rows, output-projection columns, biases and per-head norms together, and T5's shared relative position bias
-through a per-layer order in the config, so on its own it preserves the function (`reorder.py`). Then:
+Similarity is the cosine of the flattened per-head query projections (the paper's; keys or values as options), or
+(`activation`, ours) how well each K/V head's calibration outputs align with another's, measured by the calibration
+layer on the source and handed to the plan as `head_similarities`; groups are equal-sized for any group size
+(`hf_gqa.core.similarity`). The reorder moves whole heads: query rows, K/V rows, output-projection columns, biases
+and per-head norms together, and T5's shared relative position bias through a per-layer order in the config, so on
+its own it preserves the function (`reorder.py`). Then:
 
 - `simgqa`, once (default): each group is mean-pooled as in GQA. For the decoder families the result is a stock
   checkpoint: after the reorder the groups are contiguous, the only grouping stock transformers knows.
@@ -20,7 +22,10 @@ from ...modeling.weighted_kv import MEAN
 from ..base import Variant
 from ..wgqa import WGQA
 from .options import SimGQAOptions
-from .reorder import SIMILARITY_SOURCES, reorder_map, similarity_orders
+from .reorder import ACTIVATION, SIMILARITY_SOURCES, reorder_map, similarity_orders
+
+# The calibration text options `--similarity activation` reads (declared for gqa/mqa's calibrated inits).
+CALIBRATION_TEXT = ("calibration_data", "calibration_samples", "calibration_seq_len")
 
 
 class SimGQA(WGQA):
@@ -30,6 +35,7 @@ class SimGQA(WGQA):
         "uptraining, each group the mean of its heads, as in the paper)"
     )
     options = SimGQAOptions
+    accepts = CALIBRATION_TEXT  # with --similarity activation (checked with the calibration options)
 
     def _once(self, spec) -> bool:
         return spec.regroup_every is None
@@ -46,6 +52,11 @@ class SimGQA(WGQA):
             isinstance(spec.regroup_every, bool) or not isinstance(spec.regroup_every, int) or spec.regroup_every < 1
         ):
             raise HfGqaError(f"--regroup-every must be a positive number of steps, got {spec.regroup_every!r}")
+        if spec.similarity == ACTIVATION and spec.regroup_every is not None:
+            raise HfGqaError(
+                "--similarity activation groups the heads once, on calibration text, which the SimGQARegroup hook "
+                "of --regroup-every does not have while training: use --similarity query, key or value with it"
+            )
         self.check_weights_options(spec)
         if self._once(spec):
             Variant.check_spec(self, spec)
@@ -84,14 +95,15 @@ class SimGQA(WGQA):
             return Variant.target_config(self, family, config, kv_heads, provenance, spec)
         return super().target_config(family, config, kv_heads, provenance, spec)
 
-    def prelude(self, family, config, blocks, kv_heads, spec, get):
+    def prelude(self, family, config, blocks, kv_heads, spec, get, head_similarities=None):
         if get is None:
             raise HfGqaError(
                 f"{self.name} groups heads by their weights: it needs the checkpoint's tensors, not a config"
             )
         chosen = [b for b in blocks if b.kind in kv_heads]
         group_size = {kind: b.num_heads // after for b in chosen for kind, (_, after) in [(b.kind, kv_heads[b.kind])]}
-        orders = similarity_orders(family, config, chosen, group_size, get, spec.similarity or "query")
+        source = spec.similarity or "query"
+        orders = similarity_orders(family, config, chosen, group_size, get, source, head_similarities)
         updates = {}
         if family.shared_position_bias:  # the shared relative position bias follows each layer's heads
             updates["gqa_head_order"] = t5_bias_orders(config, chosen, orders)
@@ -134,4 +146,4 @@ class SimWGQA(SimGQA):
 
 VARIANTS = (SimGQA, SimWGQA)
 
-__all__ = ["VARIANTS", "SimGQA", "SimWGQA", "t5_bias_orders"]
+__all__ = ["CALIBRATION_TEXT", "VARIANTS", "SimGQA", "SimWGQA", "t5_bias_orders"]
