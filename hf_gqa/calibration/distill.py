@@ -9,8 +9,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..errors import HfGqaError
-
-LR = 1e-4  # Adam's learning rate: the blocks are already fitted, the step is small
+from .options import DEFAULTS
 
 
 def _kl(source, target, batch) -> torch.Tensor:
@@ -21,16 +20,19 @@ def _kl(source, target, batch) -> torch.Tensor:
     return F.kl_div(got.flatten(0, -2), want.flatten(0, -2), reduction="batchmean", log_target=True)
 
 
-def distill(source, target, params: list, batches: list[dict], steps: int, seed: int = 0, progress: bool = True):
-    """Adam on `params` (the converted blocks' parameters) for `steps` steps, one calibration batch each, drawn with
-    `seed`. Returns the mean KL on the calibration batches before and after; the parameters are put back when
+def distill(
+    source, target, params: list, batches: list[dict], steps: int, seed: int = 0, progress: bool = True, lr=None
+):
+    """Adam at `lr` (default: `--calibration-distill-lr`'s) on `params` (the converted blocks' parameters) for
+    `steps` steps, one calibration batch each, drawn with `seed`. Returns the mean KL on the calibration batches
+    before and after; the parameters are put back when
     the distillation did not lower it."""
     flags = {id(p): p.requires_grad for p in target.parameters()}
     for p in target.parameters():
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=LR)
+    optimizer = torch.optim.Adam(params, lr=DEFAULTS["calibration_distill_lr"] if lr is None else lr)
     generator = torch.Generator().manual_seed(seed)
     was_training = target.training
     target.train(False)
@@ -60,4 +62,4 @@ def distill(source, target, params: list, batches: list[dict], steps: int, seed:
     return before, after
 
 
-__all__ = ["LR", "distill"]
+__all__ = ["distill"]

@@ -16,6 +16,7 @@ DEFAULTS = {
     "calibration_steps": 60,
     "calibration_lr": 3e-3,
     "calibration_distill_steps": 0,
+    "calibration_distill_lr": 1e-4,
 }
 VARIANTS = ("gqa", "mqa")
 
@@ -58,11 +59,18 @@ class CalibrationOptions:
         variants=VARIANTS,
     )
     calibration_distill_steps: int | None = option(
-        help="--init calibrated: then Adam steps (learning rate 1e-4) of end-to-end distillation of the converted "
-        "blocks from the source on the calibration text, KL of the next-token distributions; needs both models in "
-        f"memory (default: {DEFAULTS['calibration_distill_steps']})",
+        help="--init calibrated: then Adam steps (at --calibration-distill-lr) of end-to-end distillation of the "
+        "converted blocks from the source on the calibration text, KL of the next-token distributions; needs both "
+        f"models in memory (default: {DEFAULTS['calibration_distill_steps']})",
         type=int,
         metavar="S",
+        variants=VARIANTS,
+    )
+    calibration_distill_lr: float | None = option(
+        help="--calibration-distill-steps: the Adam learning rate (default: "
+        f"{DEFAULTS['calibration_distill_lr']:g}; the blocks are already fitted, the step is small)",
+        type=float,
+        metavar="LR",
         variants=VARIANTS,
     )
 
@@ -74,6 +82,7 @@ NAMES = (
     "calibration_steps",
     "calibration_lr",
     "calibration_distill_steps",
+    "calibration_distill_lr",
 )
 
 
@@ -92,8 +101,12 @@ def check_calibration(spec) -> None:
             raise HfGqaError(f"--calibration-distill-steps must be at least 0; got {spec.calibration_distill_steps}")
         if spec.init != "calibrated" and spec.calibration_distill_steps:
             raise HfGqaError("--calibration-distill-steps applies to --init calibrated only")
-        if spec.calibration_lr is not None and not spec.calibration_lr > 0:
-            raise HfGqaError(f"--calibration-lr must be positive; got {spec.calibration_lr}")
+        for name in ("calibration_lr", "calibration_distill_lr"):
+            value = getattr(spec, name)
+            if value is not None and not value > 0:
+                raise HfGqaError(f"--{name.replace('_', '-')} must be positive; got {value}")
+        if spec.calibration_distill_lr is not None and not spec.calibration_distill_steps:
+            raise HfGqaError("--calibration-distill-lr applies with --calibration-distill-steps")
         return
     named = [name for name in NAMES if getattr(spec, name) is not None]
     if named:

@@ -67,7 +67,8 @@ def calibrate_converted(source, converted, plan: ConversionPlan, spec, tokenizer
     )  # fmt: skip
     if options["calibration_distill_steps"]:
         params = [p for b in blocks for p in trainable(converted.get_submodule(b.prefix))]
-        distill(source, converted, params, batches, options["calibration_distill_steps"], spec.seed, progress)
+        steps, lr = options["calibration_distill_steps"], options["calibration_distill_lr"]
+        distill(source, converted, params, batches, steps, spec.seed, progress, lr=lr)
     return reports
 
 

@@ -43,3 +43,56 @@ def test_distill_steps_are_checked_in_one_line():
         hf_gqa.convert(source, groups=2, init="activation", calibration_data="x.txt", calibration_distill_steps=5)
     with pytest.raises(HfGqaError, match="at least 0"):
         hf_gqa.convert(source, groups=2, init="calibrated", calibration_data="x.txt", calibration_distill_steps=-1)
+
+
+def test_the_first_step_moves_every_parameter_by_the_learning_rate():
+    """Adam's first step is lr * g / (|g| + eps): every entry with a gradient well above eps moves by lr."""
+    source = make("llama", kv_heads=8)
+    model = convert_model(source, GQASpec(groups=1))
+    for param in model.parameters():
+        param.data = param.data.clone()
+    params = [p for n, p in model.named_parameters() if "self_attn" in n]
+    start = [p.detach().clone() for p in params]
+    batch = {"input_ids": torch.randint(3, 96, (4, 32), generator=torch.Generator().manual_seed(0))}
+    model.zero_grad()
+    for p in params:
+        p.requires_grad_(True)
+    with torch.no_grad():
+        want = source(**batch).logits.float().log_softmax(-1)
+    got = model(**batch).logits.float().log_softmax(-1)
+    torch.nn.functional.kl_div(
+        got.flatten(0, -2), want.flatten(0, -2), reduction="batchmean", log_target=True
+    ).backward()
+    grads = [p.grad.detach().clone() for p in params]
+    model.zero_grad(set_to_none=True)
+    distill(source, model, params, [batch], steps=1, seed=0, progress=False, lr=2e-3)
+    moved = 0
+    for p, p0, g in zip(params, start, grads, strict=True):
+        big = g.abs() > 1e-5  # (this tiny model's q/k gradients are about 1e-9, below Adam's eps)
+        torch.testing.assert_close((p0 - p)[big], 2e-3 * g[big].sign(), rtol=0.02, atol=0)
+        moved += bool(big.any())
+    assert moved >= len(params) // 2
+
+
+def test_distill_lr_reaches_the_distillation_and_is_checked(monkeypatch, tmp_path):
+    from hf_gqa.conversion import calibrate
+
+    seen = {}
+
+    def spy(source, target, params, batches, steps, seed=0, progress=True, lr=None):
+        seen.update(steps=steps, lr=lr)
+        return 0.0, 0.0
+
+    monkeypatch.setattr(calibrate, "distill", spy)
+    monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: [])
+    monkeypatch.setattr(calibrate, "_batches", lambda *a, **k: [])
+    source = make("llama", kv_heads=8)
+    options = dict(groups=2, init="calibrated", calibration_data="x.txt", tokenizer=object())
+    hf_gqa.convert(source, **options, calibration_distill_steps=3, calibration_distill_lr=5e-4)
+    assert seen == {"steps": 3, "lr": 5e-4}
+    hf_gqa.convert(source, **options, calibration_distill_steps=2)
+    assert seen == {"steps": 2, "lr": 1e-4}  # the default
+    with pytest.raises(HfGqaError, match="--calibration-distill-lr must be positive"):
+        hf_gqa.convert(source, **options, calibration_distill_steps=2, calibration_distill_lr=0)
+    with pytest.raises(HfGqaError, match="--calibration-distill-lr applies with --calibration-distill-steps"):
+        hf_gqa.convert(source, **options, calibration_distill_lr=1e-3)
