@@ -8,6 +8,7 @@ from ..errors import HfGqaError
 from ..io.texts import read_texts
 
 BATCH_SIZE = 4  # sequences per forward pass (and per Adam step of the calibrated init)
+CHARS_PER_TOKEN = 12  # how much of a Hub dataset to read: about 3 times the tokens needed, for English text
 
 
 def token_chunks(tokenizer, texts: list[str], samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
@@ -36,7 +37,8 @@ def token_chunks(tokenizer, texts: list[str], samples: int, seq_len: int, seed: 
 def calibration_batches(model, tokenizer, data: str, samples: int, seq_len: int, seed: int = 0) -> list[dict]:
     """Model inputs over the calibration text. Decoder-only: the sequences. Encoder-decoder: each sequence's first
     half is the encoder input and its second half the decoder input (after the decoder start token)."""
-    chunks = token_chunks(tokenizer, read_texts(data), samples, seq_len, seed)
+    texts = read_texts(data, max_chars=CHARS_PER_TOKEN * samples * seq_len)  # a Hub dataset: read only so much
+    chunks = token_chunks(tokenizer, texts, samples, seq_len, seed)
     batches = []
     for start in range(0, len(chunks), BATCH_SIZE):
         ids = chunks[start : start + BATCH_SIZE]

@@ -25,8 +25,8 @@ VARIANTS = ("gqa", "mqa")
 class CalibrationOptions:
     calibration_data: str | None = option(
         help="--init aligned/activation/calibrated, --similarity activation: text to calibrate on: a local .txt (one "
-        "text per line), .jsonl/.json (a 'text' field), .csv or .parquet (a 'text' column) file, or 'aclsum' (the "
-        "PyPI package's train split)",
+        "text per line), .jsonl/.json (a 'text' field), .csv or .parquet (a 'text' column) file, 'aclsum' (the "
+        "PyPI package's train split), or a Hub dataset's 'text' column, NAME[:CONFIG]:SPLIT (streamed with datasets)",
         type=str,
         metavar="DATA",
         variants=VARIANTS,
@@ -92,7 +92,7 @@ def check_calibration(spec) -> None:
         if spec.variant not in VARIANTS:
             raise HfGqaError(f"--init {spec.init} applies to {' and '.join(VARIANTS)} only, not to {spec.variant!r}")
         if spec.calibration_data is None:
-            raise HfGqaError(f"--init {spec.init} needs --calibration-data (a text file, or aclsum)")
+            raise HfGqaError(f"--init {spec.init} needs --calibration-data (a text file, aclsum, or a Hub dataset)")
         for name in ("calibration_samples", "calibration_seq_len", "calibration_steps"):
             value = getattr(spec, name)
             if value is not None and value < 1:

@@ -42,8 +42,9 @@ def add_parser(sub) -> None:
     parser.add_argument("models", nargs="+", metavar="MODEL", help="local folder, .gguf file or Hub id")
     parser.add_argument(
         "--data",
-        help="aclsum, aclsum:SPLIT (train, validation, test), or a .txt, .jsonl, .json, .csv or .parquet file: "
-        "perplexity and decode speed (needed unless --lm-eval-tasks is given)",
+        help="aclsum, aclsum:SPLIT (train, validation, test), a .txt, .jsonl, .json, .csv or .parquet file, or "
+        "(decoder-only models) a Hub dataset NAME[:CONFIG]:SPLIT, streamed with datasets: perplexity and decode "
+        "speed (needed unless --lm-eval-tasks is given)",
     )
     parser.add_argument(
         "--samples", type=int, metavar="N", default=32, help="texts to score, the first N (default: 32)"

@@ -165,7 +165,7 @@ def evaluate_models(
         tokenizers[name] = load_tokenizer(name)
         if tokenizers[name] is None:
             raise HfGqaError(f"{name!r} has no tokenizer: eval needs one to score text")
-    texts, pairs = (read_texts(data, text_column)[:samples] if data is not None else []), []
+    texts, pairs = (read_texts(data, text_column, max_texts=samples)[:samples] if data is not None else []), []
     if data is not None and any(seq2seq for _, _, seq2seq in checked):
         try:
             pairs = read_pairs(data, text_column, summary_column)[:samples]

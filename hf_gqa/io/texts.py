@@ -42,15 +42,27 @@ def aclsum_papers(split: str) -> list[str]:
     return texts
 
 
-def read_texts(source: str, column: str = "text") -> list[str]:
-    """Texts from `source`: `aclsum` / `aclsum:SPLIT` (default train), or a local file: .txt (one text per non-empty
-    line), .jsonl / .json (a `column` field), .csv (a `column` column), .parquet (with `datasets`)."""
+TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+
+
+def read_texts(
+    source: str, column: str = "text", max_chars: int | None = None, max_texts: int | None = None
+) -> list[str]:
+    """Texts from `source`: `aclsum` / `aclsum:SPLIT` (default train); a local file: .txt (one text per non-empty
+    line), .jsonl / .json (a `column` field), .csv (a `column` column), .parquet (with `datasets`); or a dataset on
+    the Hub, `NAME`, `NAME:SPLIT` or `NAME:CONFIG:SPLIT` (default split train), streamed with `datasets` and read
+    only until `max_chars` characters or `max_texts` texts are in (all of it without)."""
     if source == "aclsum" or source.startswith("aclsum:"):
         split = _aclsum_split(source)
         return aclsum_papers(split)
     path = Path(source).expanduser()
+    if not path.exists() and not _looks_like_a_path(source):
+        return hub_texts(source, column, max_chars, max_texts)
     if not path.is_file():
-        raise HfGqaError(f"text file {source!r} not found (a .txt, .jsonl, .json, .csv or .parquet file, or aclsum)")
+        raise HfGqaError(
+            f"text file {source!r} not found (a .txt, .jsonl, .json, .csv or .parquet file, aclsum, or a Hub dataset "
+            "NAME[:CONFIG]:SPLIT)"
+        )
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".jsonl", ".json", ".csv", ".parquet"):
         raise HfGqaError(f"{source!r}: unknown text file type {suffix!r} (.txt, .jsonl, .json, .csv, .parquet)")
@@ -62,6 +74,44 @@ def read_texts(source: str, column: str = "text") -> list[str]:
     else:
         texts = [_field(row, column, path, i) for i, row in enumerate(_records(path, source, (column,)))]
     texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise HfGqaError(f"{source!r} holds no text")
+    return texts
+
+
+def _looks_like_a_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~", ".\\")) or Path(source).suffix.lower() in TEXT_SUFFIXES
+
+
+def hub_texts(
+    source: str, column: str = "text", max_chars: int | None = None, max_texts: int | None = None
+) -> list[str]:
+    """The `column` of a Hub dataset named `NAME`, `NAME:SPLIT` or `NAME:CONFIG:SPLIT`, streamed (nothing beyond
+    what is read is downloaded) until `max_chars` characters or `max_texts` texts are in."""
+    parts = source.split(":")
+    if len(parts) > 3 or not all(parts):
+        raise HfGqaError(f"{source!r}: a Hub dataset is NAME, NAME:SPLIT or NAME:CONFIG:SPLIT")
+    name, config, split = parts[0], parts[1] if len(parts) == 3 else None, parts[-1] if len(parts) > 1 else "train"
+    try:
+        import datasets
+    except ImportError:
+        raise HfGqaError(f"{source!r} is not a local file; reading a Hub dataset needs the package datasets") from None
+    texts, chars = [], 0
+    try:
+        for row in datasets.load_dataset(name, config, split=split, streaming=True):
+            if column not in row:
+                raise HfGqaError(f"{source!r} has no column {column!r} (columns: {', '.join(row)})")
+            text = row[column]
+            if isinstance(text, str) and text.strip():
+                texts.append(text)
+                chars += len(text)
+            if (max_chars is not None and chars >= max_chars) or (max_texts is not None and len(texts) >= max_texts):
+                break
+    except HfGqaError:
+        raise
+    except Exception as error:  # offline, no such dataset, no such config or split: whatever datasets raises
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise HfGqaError(f"{source!r} is not a local file, and the Hub dataset could not be read: {first}") from None
     if not texts:
         raise HfGqaError(f"{source!r} holds no text")
     return texts
@@ -161,5 +211,6 @@ __all__ = [
     "detokenize",
     "package_data_dir",
     "read_pairs",
+    "hub_texts",
     "read_texts",
 ]
