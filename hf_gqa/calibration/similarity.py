@@ -66,7 +66,7 @@ def check_options(spec) -> None:
         return
     check_calibration(replace(spec, **dict.fromkeys(CALIBRATION_TEXT)))  # everything but the text options
     if resolved(spec)["calibration_data"] is None:
-        raise HfGqaError("--similarity activation needs --calibration-data (a text file, or aclsum)")
+        raise HfGqaError("--similarity activation needs --calibration-data (a text file, aclsum, or a Hub dataset)")
     for name in ("calibration_samples", "calibration_seq_len"):
         value = getattr(spec, name)
         if value is not None and (isinstance(value, bool) or value < 1):
