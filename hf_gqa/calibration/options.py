@@ -13,7 +13,7 @@ CALIBRATION_INITS = ("aligned", "activation", "calibrated")
 DEFAULTS = {
     "calibration_samples": 32,
     "calibration_seq_len": 256,
-    "calibration_steps": 60,
+    "calibration_steps": 150,
     "calibration_lr": 3e-3,
     "calibration_distill_steps": 0,
     "calibration_distill_lr": 1e-4,
