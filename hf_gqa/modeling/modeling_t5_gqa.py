@@ -36,7 +36,7 @@ from transformers.models.t5.modeling_t5 import T5Attention
 from .configuration_t5_gqa import T5GQAConfig
 from .gqa_attention import eager_gqa_attention_forward, sdpa_gqa_attention_forward
 from .routing import HeadRouting, routed_attention_forward, uniform_counts
-from .weighted_kv import HeadMixer, WeightedKV
+from .weighted_kv import HeadMixer, WeightedKV, declared_init
 
 _GQA_ATTENTION_FUNCTIONS = {"eager": eager_gqa_attention_forward, "sdpa": sdpa_gqa_attention_forward}
 
@@ -217,12 +217,13 @@ def _use_gqa_attention(model: nn.Module, config: T5GQAConfig) -> None:
                 setattr(layer, attr, new)
 
 
-def _init_hf_gqa_state(module: nn.Module) -> None:
-    """hf-gqa's own tensors: the mixers of the WGQA training form at their mean, DGQA's routing at the uniform
-    allocation with empty statistics. Through `transformers.initialization`, so tensors loaded from a checkpoint stay
-    as loaded and only missing ones are set."""
+def _init_hf_gqa_state(module: nn.Module, config) -> None:
+    """hf-gqa's own tensors: the mixers of the WGQA training form at the initial value the conversion declared
+    (`--weights-init`), else their mean; DGQA's routing at the uniform allocation with empty statistics. Through
+    `transformers.initialization`, so tensors loaded from a checkpoint stay as loaded and only missing ones are set."""
     if isinstance(module, HeadMixer):
-        init.constant_(module.weight, module.init_value)
+        declared = declared_init(config)
+        init.constant_(module.weight, module.init_value if declared is None else declared)
     elif isinstance(module, HeadRouting) and module.mode == "dgqa":
         init.copy_(module.allocation, uniform_counts(module.heads, module.kv_heads))
         for buffer in (module.norm_sum, module.norm_count, module.norm_cache, module.cache_filled):
@@ -236,7 +237,7 @@ class _T5GQAInit:
         # The encoder and decoder are stock `T5Stack` sub-models, which transformers initialises with their own (stock
         # T5's) `_init_weights`, blind to hf-gqa's modules: those are set here, for the whole model.
         for module in self.modules():
-            _init_hf_gqa_state(module)
+            _init_hf_gqa_state(module, self.config)
 
     @classmethod
     def is_custom_code(cls) -> bool:

@@ -10,8 +10,6 @@ For each family of `configuration_wgqa_decoder.WGQA_FAMILIES` this module define
 G heads, so the KV cache holds G heads while training. `hf_gqa.fold` gives the stock model back.
 """
 
-import math
-
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -19,7 +17,7 @@ from transformers import initialization as init
 
 from .configuration_wgqa_decoder import SUFFIX, TAG, WGQA_CONFIGS
 from .family_forms import form_model_classes
-from .weighted_kv import HeadMixer, WeightedKV
+from .weighted_kv import HeadMixer, WeightedKV, declared_init
 
 
 def _use_weighted_kv(model: nn.Module, config) -> None:
@@ -47,16 +45,6 @@ def _use_weighted_kv(model: nn.Module, config) -> None:
             setattr(attention, name, new)
 
 
-def _declared_init(config) -> float | None:
-    """The constant the conversion started the mixing weights at (`--weights-init 0.5` records `gqa_init: "0.5"`), or
-    None: the mean (`mean`; `random`, RandWGQA's draws, which cannot be redrawn)."""
-    try:
-        value = float(getattr(config, "gqa_init", None))
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 @torch.no_grad()
 def _init_weighted_kv(model, module: nn.Module) -> None:
     """A [`WeightedKV`] as the family's `_init_weights` draws a linear projection, its [`HeadMixer`] at the initial
@@ -67,7 +55,7 @@ def _init_weighted_kv(model, module: nn.Module) -> None:
         if module.bias is not None:
             init.zeros_(module.bias)
     elif isinstance(module, HeadMixer):
-        declared = _declared_init(model.config)
+        declared = declared_init(model.config)
         init.constant_(module.weight, module.init_value if declared is None else declared)
 
 

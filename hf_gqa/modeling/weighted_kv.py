@@ -212,12 +212,23 @@ class WeightedKV(nn.Module):
         )
 
 
+def declared_init(config) -> float | None:
+    """The constant the conversion started the mixing weights at (`--weights-init 0.5` records `gqa_init: "0.5"`), or
+    None: the mean (`mean`; `random`, RandWGQA's draws, which cannot be redrawn)."""
+    try:
+        value = float(getattr(config, "gqa_init", None))
+    except (TypeError, ValueError):
+        return None
+    return value if abs(value) < float("inf") else None  # not inf, not nan
+
+
 __all__ = [
     "LEARNED_SHAPES",
     "MEAN",
     "WEIGHT_SHAPES",
     "HeadMixer",
     "WeightedKV",
+    "declared_init",
     "mix_bias",
     "mix_weight",
     "mixer_parameters",

@@ -154,3 +154,22 @@ def test_missing_wgqa_mixers_start_at_the_mean_and_dgqa_state_at_uniform(tmp_pat
         assert torch.equal(loaded[key], expected), key
     prefix = "decoder.block.1.layer.0.SelfAttention.routing"
     assert loaded[f"{prefix}.allocation"].tolist() == [3, 5] and loaded[f"{prefix}.norm_sum"].tolist() == [7.0, 7.0]
+
+
+@pytest.mark.parametrize(("weights_init", "expected"), [(0.5, 0.5), (-1.25, -1.25), ("mean", 2 / 8)])
+def test_missing_t5_mixers_start_at_the_declared_initial_value(tmp_path, weights_init, expected):
+    """As the decoder forms do: a T5 training form converted with `--weights-init 0.5` records it (`gqa_init`), and a
+    mixer its checkpoint lacks, or one built from the config, starts there, as the converted ones did."""
+    model = hf_gqa.convert(make_t5("flan"), variant="wgqa", groups=2, weights_init=weights_init)
+    model.save_pretrained(tmp_path / "wgqa")
+    mixers = drop(tmp_path / "wgqa", lambda k: not (k.endswith("mixer.weight") and "block.0." in k))
+    assert len(mixers) == 4
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "wgqa").state_dict()
+    for key in mixers:
+        assert torch.equal(loaded[key], torch.full_like(loaded[key], expected)), key
+    with torch.device("meta"):
+        built = AutoModelForSeq2SeqLM.from_config(model.config)
+    built.to_empty(device="cpu")
+    built.init_weights()
+    weights = [p for name, p in built.named_parameters() if name.endswith("mixer.weight")]
+    assert weights and all(torch.equal(w, torch.full_like(w, expected)) for w in weights)
