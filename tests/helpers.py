@@ -2,6 +2,7 @@
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from hf_gqa.cli import main
 from hf_gqa.core.grouping import regroup_heads
@@ -76,3 +77,36 @@ def paired_t_by_hand(values, initial) -> float:
     mean = sum(d) / n
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
     return mean / (sd / math.sqrt(n))
+
+
+def random_batches(
+    vocab: int, n: int = 3, length: int = 24, rows: int = 4, encoder_decoder: bool = False, seed: int = 0
+):
+    """`n` seeded batches of `rows` random token sequences (ids from 3 up); an encoder-decoder's decoder reads them
+    reversed."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        ids = torch.randint(3, vocab, (rows, length), generator=g)
+        batches.append({"input_ids": ids, "decoder_input_ids": ids.flip(1)} if encoder_decoder else {"input_ids": ids})
+    return batches
+
+
+def drop(folder, keep) -> list[str]:
+    """Remove from the folder's safetensors every tensor `keep(key)` rejects; the removed keys."""
+    sd = load_file(folder / "model.safetensors")
+    dropped = sorted(k for k in sd if not keep(k))
+    save_file({k: v for k, v in sd.items() if keep(k)}, folder / "model.safetensors", metadata={"format": "pt"})
+    return dropped
+
+
+def initialised_on_meta(build, *args, seed: int | None = None, **kwargs):
+    """`build(*args, **kwargs)` on the meta device, then materialised and initialised as transformers does
+    (`init_weights`), after `torch.manual_seed(seed)` when given."""
+    with torch.device("meta"):
+        model = build(*args, **kwargs)
+    model.to_empty(device="cpu")
+    if seed is not None:
+        torch.manual_seed(seed)
+    model.init_weights()
+    return model

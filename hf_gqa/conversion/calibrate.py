@@ -117,6 +117,7 @@ __all__ = [
     "layerwise_possible",
     "measure_similarities",
     "measure_similarities_on_disk",
+    "measures_activations",
     "needs_calibration",
     "reads_calibration_text",
 ]

@@ -18,7 +18,13 @@ from ..io.safetensors import safetensors_files, torch_dtype
 from ..io.sources import load_config_dict, load_model, load_tokenizer, resolve_dtype
 from ..spec import OPTIONS, GQASpec
 from ..variants.wgqa import is_training_form
-from .calibrate import calibrate_converted, measure_similarities, measures_activations, needs_calibration
+from .calibrate import (
+    calibrate_converted,
+    measure_similarities,
+    measures_activations,
+    needs_calibration,
+    reads_calibration_text,
+)
 from .plan import ConversionPlan, get_architecture, plan_conversion
 
 
@@ -153,7 +159,7 @@ def convert(model_or_path: PreTrainedModel | str | os.PathLike, dtype=None, **op
         config = load_config_dict(model_or_path)
         checked = plan_conversion(with_output_dtype(config, dtype), spec, validate_only=True)  # before the weights
         model, source = load_model(model_or_path, config, dtype=dtype), str(model_or_path)
-    if tokenizer is None and (needs_calibration(spec) or measures_activations(spec)):
+    if tokenizer is None and reads_calibration_text(spec):
         tokenizer = load_tokenizer(source or getattr(model.config, "_name_or_path", None) or "")
     similarities = (
         measure_similarities(model, checked.kv_heads, spec, tokenizer) if measures_activations(spec) else None

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 from conftest import make_t5
+from helpers import random_batches
 from tiny_decoders import make
 
 from hf_gqa.calibration.align import (
@@ -27,12 +28,7 @@ from hf_gqa.spec import GQASpec
 
 
 def batches_for(vocab: int, n: int = 3, length: int = 16, encoder_decoder: bool = False, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(3, vocab, (2, length), generator=g)
-        out.append({"input_ids": ids, "decoder_input_ids": ids.flip(1)} if encoder_decoder else {"input_ids": ids})
-    return out
+    return random_batches(vocab, n, length, rows=2, encoder_decoder=encoder_decoder, seed=seed)
 
 
 def blocks_of(model):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from conftest import make_t5
-from helpers import run
+from helpers import random_batches, run
 from tiny_decoders import logits, make
 
 import hf_gqa
@@ -17,15 +17,6 @@ from hf_gqa.errors import HfGqaError
 from hf_gqa.spec import GQASpec
 
 GEN = torch.Generator().manual_seed(0)
-
-
-def random_batches(vocab: int, n: int = 4, length: int = 24, encoder_decoder: bool = False, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(n):
-        ids = torch.randint(3, vocab, (4, length), generator=g)
-        batches.append({"input_ids": ids, "decoder_input_ids": ids.flip(1)} if encoder_decoder else {"input_ids": ids})
-    return batches
 
 
 def complex_plane_scaled(rows: torch.Tensor, rotary: int, g: torch.Generator) -> torch.Tensor:
@@ -56,7 +47,7 @@ def test_activation_init_is_exact_where_heads_are_rope_plane_scales_of_each_othe
     spec = GQASpec(groups=1, init="mean")
     mean, plan = convert_model(source, spec, return_plan=True)
     fitted = convert_model(source, spec)
-    calibrate(source, fitted, plan.kv_heads, random_batches(96), "activation", progress=False)
+    calibrate(source, fitted, plan.kv_heads, random_batches(96, n=4), "activation", progress=False)
     want = logits(source)
     assert (logits(mean) - want).abs().max() > 1e-2  # pooling alone loses the function
     torch.testing.assert_close(logits(fitted), want, atol=2e-4, rtol=1e-4)
@@ -77,7 +68,7 @@ def test_activation_init_is_exact_for_t5_heads_that_are_linear_maps_of_each_othe
     spec = GQASpec(groups=1, init="mean")
     mean, plan = convert_model(source, spec, return_plan=True)
     fitted = convert_model(source, spec)
-    batches = random_batches(128, encoder_decoder=True)
+    batches = random_batches(128, n=4, encoder_decoder=True)
     calibrate(source, fitted, plan.kv_heads, batches, "activation", progress=False)
     inputs = random_batches(128, n=1, encoder_decoder=True, seed=5)[0]
     with torch.no_grad():

@@ -19,12 +19,17 @@ def kl(source, model, ids) -> float:
     return (p * (p.log() - q.log())).sum(-1).mean().item()
 
 
-def test_distillation_moves_only_the_converted_blocks_and_lowers_the_held_out_kl():
+def converted_llama():
+    """A tiny Llama, its MQA conversion (sharing no tensor with it) and the conversion's attention parameters."""
     source = make("llama", kv_heads=8)
     model = convert_model(source, GQASpec(groups=1))
     for param in model.parameters():
         param.data = param.data.clone()
-    params = [p for n, p in model.named_parameters() if "self_attn" in n]
+    return source, model, [p for n, p in model.named_parameters() if "self_attn" in n]
+
+
+def test_distillation_moves_only_the_converted_blocks_and_lowers_the_held_out_kl():
+    source, model, params = converted_llama()
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if "self_attn" not in n}
     g = torch.Generator().manual_seed(0)
     batches = [{"input_ids": torch.randint(3, 96, (4, 32), generator=g)} for _ in range(6)]
@@ -47,11 +52,7 @@ def test_distill_steps_are_checked_in_one_line():
 
 def test_the_first_step_moves_every_parameter_by_the_learning_rate():
     """Adam's first step is lr * g / (|g| + eps): every entry with a gradient well above eps moves by lr."""
-    source = make("llama", kv_heads=8)
-    model = convert_model(source, GQASpec(groups=1))
-    for param in model.parameters():
-        param.data = param.data.clone()
-    params = [p for n, p in model.named_parameters() if "self_attn" in n]
+    source, model, params = converted_llama()
     start = [p.detach().clone() for p in params]
     batch = {"input_ids": torch.randint(3, 96, (4, 32), generator=torch.Generator().manual_seed(0))}
     model.zero_grad()

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 from conftest import make_t5
-from helpers import one_error_line, run, tensors
+from helpers import one_error_line, random_batches, run, tensors
 from tiny_decoders import make, make_gpt2
 
 import hf_gqa
@@ -151,15 +151,6 @@ def test_similarity_is_one_exactly_for_allowed_transforms():
 
 
 # ---- the family's RoPE planes, through a model's calibration pass ----------------------------------------------
-
-
-def random_batches(vocab: int, n: int = 3, length: int = 24, seed: int = 0, encoder_decoder: bool = False):
-    g = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(n):
-        ids = torch.randint(3, vocab, (4, length), generator=g)
-        batches.append({"input_ids": ids, "decoder_input_ids": ids.flip(1)} if encoder_decoder else {"input_ids": ids})
-    return batches
 
 
 def transform_head(linear: torch.nn.Linear, source: int, target: int, d: int, map_: torch.Tensor) -> None:

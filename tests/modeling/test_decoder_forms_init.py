@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
+from helpers import drop, initialised_on_meta
 from tiny_decoders import make, make_gpt2
 from transformers import AutoModelForCausalLM
 
@@ -33,14 +33,6 @@ def stock_init_std(key: str, config) -> float | None:
     if config.model_type.startswith("gpt2") and key.endswith("c_proj.weight"):
         return std / math.sqrt(2 * config.n_layer)  # GPT-2's residual projections (attention and MLP)
     return std
-
-
-def drop(folder, keep) -> list[str]:
-    """Remove from the folder's safetensors every tensor `keep(key)` rejects; the removed keys."""
-    sd = load_file(folder / "model.safetensors")
-    dropped = sorted(k for k in sd if not keep(k))
-    save_file({k: v for k, v in sd.items() if keep(k)}, folder / "model.safetensors", metadata={"format": "pt"})
-    return dropped
 
 
 def missing_layer_one(key: str) -> bool:
@@ -94,11 +86,7 @@ def test_a_model_built_on_the_meta_device_is_initialised_as_the_stock_family(fam
     config = hf_gqa.convert(src, variant=variant, groups=HEADS).config
     states = {}
     for name, cfg in (("stock", src.config), ("form", config)):
-        with torch.device("meta"):
-            model = getattr(transformers, auto).from_config(cfg, trust_remote_code=False)
-        model.to_empty(device="cpu")
-        torch.manual_seed(0)
-        model.init_weights()
+        model = initialised_on_meta(getattr(transformers, auto).from_config, cfg, trust_remote_code=False, seed=0)
         states[name] = model.state_dict()
     assert type(model).__module__.startswith("hf_gqa")
     stock, form = states["stock"], states["form"]
@@ -166,9 +154,6 @@ def test_missing_mixers_start_at_the_declared_initial_value(tmp_path, weights_in
     state = AutoModelForCausalLM.from_pretrained(tmp_path / "form").state_dict()
     for key in mixers:
         assert torch.equal(state[key], torch.full_like(state[key], expected)), key
-    with torch.device("meta"):
-        built = AutoModelForCausalLM.from_config(model.config)
-    built.to_empty(device="cpu")
-    built.init_weights()
+    built = initialised_on_meta(AutoModelForCausalLM.from_config, model.config)
     weights = [p for name, p in built.named_parameters() if name.endswith("mixer.weight")]
     assert len(weights) == 4 and all(torch.equal(w, torch.full_like(w, expected)) for w in weights)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 from conftest import make_t5
-from safetensors.torch import load_file, save_file
+from helpers import drop, initialised_on_meta
 from transformers import AutoModelForSeq2SeqLM
 
 import hf_gqa
@@ -48,14 +48,6 @@ def t5_init_std(key: str, config) -> float | None:
         "qa_outputs.weight": f * d_model**-0.5,
     }
     return next((std for suffix, std in rules.items() if key.endswith(suffix)), None)
-
-
-def drop(folder, keep) -> list[str]:
-    """Remove from the folder's safetensors every tensor `keep(key)` rejects; the removed keys."""
-    sd = load_file(folder / "model.safetensors")
-    dropped = sorted(k for k in sd if not keep(k))
-    save_file({k: v for k, v in sd.items() if keep(k)}, folder / "model.safetensors", metadata={"format": "pt"})
-    return dropped
 
 
 def missing_block_one(key: str) -> bool:
@@ -118,11 +110,7 @@ def test_a_model_built_on_the_meta_device_is_initialised_as_stock_t5(name):
     source.config.num_labels = config.num_labels = 2
     states = {}
     for cls, cfg in ((getattr(transformers, name), source.config), (model_class(name.replace("T5", "T5GQA")), config)):
-        with torch.device("meta"):
-            model = cls(cfg)
-        model.to_empty(device="cpu")
-        torch.manual_seed(0)
-        model.init_weights()
+        model = initialised_on_meta(cls, cfg, seed=0)
         states[cls.__module__.startswith("hf_gqa")] = model.state_dict()
     gqa, stock = states[True], states[False]
     assert gqa.keys() == stock.keys()
@@ -167,9 +155,6 @@ def test_missing_t5_mixers_start_at_the_declared_initial_value(tmp_path, weights
     loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "wgqa").state_dict()
     for key in mixers:
         assert torch.equal(loaded[key], torch.full_like(loaded[key], expected)), key
-    with torch.device("meta"):
-        built = AutoModelForSeq2SeqLM.from_config(model.config)
-    built.to_empty(device="cpu")
-    built.init_weights()
+    built = initialised_on_meta(AutoModelForSeq2SeqLM.from_config, model.config)
     weights = [p for name, p in built.named_parameters() if name.endswith("mixer.weight")]
     assert weights and all(torch.equal(w, torch.full_like(w, expected)) for w in weights)
