@@ -305,13 +305,19 @@ def init_block(source, target, block, init: str, kv_heads, moments: dict, config
         activation_init(source, target, block, groups, moments, rotary)
 
 
+def changed_blocks(source, kv_heads) -> list[AttentionBlock]:
+    """`source`'s attention blocks whose K/V head count `kv_heads` (attention kind -> heads before, after) changes."""
+    config = source.config.to_dict()
+    family, _ = family_for(config)
+    changed = {kind for kind, (before, after) in kv_heads.items() if before != after}
+    return [b for b in family.attention_blocks(config, source.state_dict().keys()) if b.kind in changed]
+
+
 def converted_blocks(source, kv_heads: dict[str, tuple[int, int]], init: str):
     """`(config, blocks, refusal)`: the source's attention blocks whose head counts change, and why the closed form
     cannot run on them (None when it can); refuses `--init activation` where it cannot."""
     config = source.config.to_dict()
-    family, _ = family_for(config)
-    changed = {kind for kind, (before, after) in kv_heads.items() if before != after}
-    blocks = [b for b in family.attention_blocks(config, source.state_dict().keys()) if b.kind in changed]
+    blocks = changed_blocks(source, kv_heads)
     if init == "aligned" and aligned_refusal(config, blocks):
         raise HfGqaError(aligned_refusal(config, blocks))
     refusal = closed_form_refusal(config, blocks)
@@ -355,6 +361,7 @@ def fit_layers(
 __all__ = [
     "BlockReport",
     "calibrate",
+    "changed_blocks",
     "converted_blocks",
     "fit_layers",
     "trainable",

@@ -39,7 +39,7 @@ from ..variants.simgqa.reorder import ACTIVATION
 from ..variants.simgqa.variant import CALIBRATION_TEXT
 from .align import rope_planes
 from .closed_form import augment
-from .fit import Projections, _Recorder, rotary_dims
+from .fit import Projections, _Recorder, changed_blocks, rotary_dims
 from .layerwise import walk
 from .options import check_calibration, resolved
 from .streamed import walk_folder
@@ -131,14 +131,6 @@ def block_similarity(source: nn.Module, block: AttentionBlock, cov: torch.Tensor
     return (alignment_similarity(rows["k"], cov, planes) + alignment_similarity(rows["v"], cov)) / 2
 
 
-def blocks_to_measure(source: nn.Module, kv_heads: Mapping[str, tuple[int, int]]) -> list[AttentionBlock]:
-    """`source`'s attention blocks whose K/V heads are grouped (a group of one head needs no similarity)."""
-    config = source.config.to_dict()
-    family, _ = family_for(config)
-    changed = {kind for kind, (before, after) in kv_heads.items() if before != after}
-    return [b for b in family.attention_blocks(config, source.state_dict().keys()) if b.kind in changed]
-
-
 def _checked(source: nn.Module, blocks: list[AttentionBlock]) -> dict:
     config = source.config.to_dict()
     why = refusal(config, blocks)
@@ -160,7 +152,7 @@ def head_similarities(
 ) -> dict[str, torch.Tensor]:
     """Block prefix -> `(H, H)` activation similarity of its K/V heads, for every block of `source` (in memory)
     whose K/V heads `kv_heads` (attention kind -> heads before, after) groups: one pass over `batches`."""
-    blocks = blocks_to_measure(source, kv_heads)
+    blocks = changed_blocks(source, kv_heads)
     if not blocks:
         return {}
     config = _checked(source, blocks)
@@ -187,7 +179,7 @@ def head_similarities_on_disk(
     (`streamed.walk_folder`); `batches_of(model)` gives the calibration batches."""
 
     def walk_layers(source, stack_of, prepare, finish):
-        blocks = blocks_to_measure(source, kv_heads)
+        blocks = changed_blocks(source, kv_heads)
         if not blocks:
             return {}
         config = _checked(source, blocks)
@@ -217,7 +209,6 @@ __all__ = [
     "alignment_scores",
     "alignment_similarity",
     "block_similarity",
-    "blocks_to_measure",
     "check_options",
     "head_similarities",
     "head_similarities_on_disk",
