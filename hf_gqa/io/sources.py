@@ -4,10 +4,12 @@ local folder of a safetensors checkpoint. No conversion logic here."""
 import os
 import pickle
 import struct
+import traceback
 import zipfile
 from pathlib import Path
 
 import torch
+from torch import _weights_only_unpickler
 from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
 from ..errors import CheckpointError, HfGqaError
@@ -28,6 +30,7 @@ _OPTIONAL_COUNT_FIELDS += (*_T5_KV_FIELDS.values(), *_GPT2_KV_FIELDS.values())
 # What loading a broken weights file raises besides OSError/ValueError/RuntimeError: a .bin that does not unpickle
 # (or is a bad zip archive), a file cut short.
 _CORRUPT_FILE_ERRORS = (pickle.UnpicklingError, EOFError, struct.error, zipfile.BadZipFile)
+_TORCH_LOAD_FILES = frozenset(Path(m.__file__).resolve() for m in (torch.serialization, _weights_only_unpickler))
 
 
 def resolve_dtype(dtype) -> torch.dtype | None:
@@ -113,7 +116,7 @@ def load_model(source: str | os.PathLike, config: dict, dtype=None) -> PreTraine
     except (OSError, ValueError, RuntimeError, *_CORRUPT_FILE_ERRORS) as error:
         raise _load_error(source, path, gguf, error) from None
     except Exception as error:  # safetensors' own error type, gguf's parser on a damaged file, ...
-        if gguf or type(error).__module__.split(".")[0] in ("safetensors", "json"):
+        if gguf or type(error).__module__.split(".")[0] in ("safetensors", "json") or _raised_by_torch_load(error):
             raise _load_error(source, path, gguf, error) from None
         raise
     if info.get("missing_keys"):
@@ -124,12 +127,19 @@ def load_model(source: str | os.PathLike, config: dict, dtype=None) -> PreTraine
     return model
 
 
+def _raised_by_torch_load(error: Exception) -> bool:
+    """Whether `error` came out of torch's reader of pickled weights, which raises IndexError, KeyError, ... (not only
+    UnpicklingError) on a damaged `pytorch_model.bin`."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve() in _TORCH_LOAD_FILES
+
+
 def _load_error(source, path: str, gguf: dict, error: Exception) -> CheckpointError:
     """A loader's error as one line naming the weight file(s) it read."""
     files = [gguf["gguf_file"]] if gguf else _weight_files(Path(path).expanduser())
     where = f"{str(source)!r}" + (f" ({', '.join(files)})" if files and not gguf else "")
-    if isinstance(error, pickle.UnpicklingError):
-        detail = str(error).partition("WeightsUnpickler error:")[2].strip().splitlines() or [_one_line(error)]
+    if isinstance(error, pickle.UnpicklingError) or _raised_by_torch_load(error):
+        detail = str(error).partition("WeightsUnpickler error:")[2].strip().splitlines() or [_error_line(error)]
         line = f"it does not unpickle as PyTorch weights ({detail[0]})"
     else:
         line = _error_line(error)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 
 import pytest
 import torch
@@ -55,9 +56,19 @@ def test_a_config_whose_head_count_is_not_a_positive_integer_is_one_line(capsys,
         assert not (tmp_path / "out").exists()
 
 
-def test_a_bin_checkpoint_that_does_not_unpickle_is_one_line(capsys, llama_dir, tmp_path):
+@pytest.mark.parametrize(
+    "content",
+    [
+        random.Random(0).randbytes(4096),  # torch's pickle check refuses it (UnpicklingError)
+        b"\x80\x02a" + bytes(64),  # APPEND on an empty stack: the weights-only unpickler raises IndexError
+        b"\x80\x02h\x00" + bytes(64),  # BINGET of a memo slot never set: KeyError
+        b"\x80\x02X\x02\x00\x00\x00\xff\xfe" + bytes(64),  # a string that is not UTF-8: UnicodeDecodeError
+    ],
+    ids=["unpickling-error", "index-error", "key-error", "unicode-error"],
+)
+def test_a_bin_checkpoint_that_does_not_unpickle_is_one_line(capsys, llama_dir, tmp_path, content):
     (llama_dir / "model.safetensors").unlink()
-    (llama_dir / "pytorch_model.bin").write_bytes(os.urandom(4096))
+    (llama_dir / "pytorch_model.bin").write_bytes(content)
     code, _, err = convert(capsys, llama_dir, "--groups", 2, "-o", tmp_path / "out")
     assert_one_line(code, err, "pytorch_model.bin")
     assert not (tmp_path / "out").exists()
