@@ -22,6 +22,7 @@ def _seeded_torch():
     (or were deselected): a tolerance cannot pass or fail by the order of the suite."""
     torch.manual_seed(0)
 
+
 SHARED_DATA = Path(os.environ.get("HF_GQA_SHARED_DATA", REPO.parent / "shared" / "data"))
 T5_TOKENIZER = SHARED_DATA / "t5-tokenizer"
 
