@@ -20,7 +20,9 @@ def add_parser(sub) -> None:
     )
     parser.add_argument("--texts", type=int, default=16, help="ACLSum abstracts to score (default: 16)")
     parser.add_argument("-o", "--output", metavar="OUT", help="also save the converted model here")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument(
+        "--force", action="store_true", help="replace a non-empty output folder that holds a model (a config.json)"
+    )
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
 
 

@@ -50,7 +50,7 @@ class FolderOptions:
         help="load the whole model and convert it in memory instead of streaming safetensors shard by shard",
         type=bool,
     )
-    force: bool = option(False, help="replace a non-empty output folder", type=bool)
+    force: bool = option(False, help="replace a non-empty output folder that holds a model (a config.json)", type=bool)
     push_to_hub: str | None = option(help="also upload the result to this Hub repo", type=str, metavar="REPO")
     private: bool = option(False, help="create the Hub repo as private", type=bool)
 

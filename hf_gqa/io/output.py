@@ -136,7 +136,8 @@ def check_output_safe(
 
 
 def check_output_dir(output_dir: str | os.PathLike, force: bool = False, sources: Sources | None = None) -> Path:
-    """Refuse an existing non-empty output folder (or a file) unless `force`; and, `force` or not, an unsafe one
+    """Refuse an existing non-empty output folder (or a file) unless `force`, and even then one that holds no
+    `config.json` (only a model folder, such as an earlier output, is replaced); and, `force` or not, an unsafe one
     (`check_output_safe`; `sources` maps what each is, e.g. "the source", to its path), or a non-empty one inside a
     source. Removes what interrupted runs to the same output left beside it (`remove_leftovers`). Returns the output,
     `~` expanded."""
@@ -159,6 +160,11 @@ def check_output_dir(output_dir: str | os.PathLike, force: bool = False, sources
                     f"output {shown} lies inside {what} {_shown(source)} and is not empty: --force would replace "
                     f"part of {what}; choose another folder"
                 )
+        if not (output_dir / "config.json").is_file():  # a typo such as `-o ~/Documents` must not delete it
+            raise UnsafeOutputError(
+                f"output folder {shown} is not empty and holds no config.json: --force replaces only a model folder "
+                "(an earlier output); choose a new folder"
+            )
     return output_dir
 
 

@@ -158,6 +158,7 @@ def test_unsupported_missing_and_corrupt_checkpoints(t5_dir, tmp_path, capsys):
 def test_existing_output_needs_force_and_is_replaced_whole(t5_dir, tmp_path, capsys):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
+    (out_dir / "config.json").write_text("{}")  # an earlier output
     (out_dir / "stale.txt").write_text("old")
     code, _, err = run(capsys, "convert", t5_dir, "--groups", 2, "-o", out_dir)
     assert code == 2 and "exists and is not empty; pass --force" in err

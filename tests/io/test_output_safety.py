@@ -134,6 +134,33 @@ def test_force_never_replaces_the_working_directory_or_home(tiny_t5, tmp_path, c
                 check_output_dir(out, force=force)
 
 
+@pytest.mark.parametrize("command", ["convert", "fold"])
+def test_force_replaces_only_a_checkpoint_folder(command, tiny_t5, tiny_wgqa, tmp_path, capsys):
+    """A typo such as `-o ~/Documents --force` must not delete the user's files: --force replaces a folder that
+    holds a config.json (an earlier output), nothing else."""
+    source = tiny_wgqa if command == "fold" else tiny_t5
+    groups = ["--groups", 2] if command == "convert" else []
+    documents = tmp_path / "documents"
+    (documents / "letters").mkdir(parents=True)
+    (documents / "letters" / "a.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, command, source, *groups, "-o", documents, "--force")
+    assert code == 2, err
+    line = one_error_line(err)
+    assert "config.json" in line and "--force" in line and str(documents) in line
+    assert snapshot(tmp_path) == before
+    with pytest.raises(OutputExistsError, match="config.json"):
+        convert_to_folder(tiny_t5, documents, GQA2, force=True, progress=False)
+    assert snapshot(tmp_path) == before
+    earlier = tmp_path / "earlier"  # an earlier output: replaced whole
+    earlier.mkdir()
+    (earlier / "config.json").write_text("{}")
+    (earlier / "stale.safetensors").write_text("old")
+    code, _, err = run_cli(capsys, command, source, *groups, "-o", earlier, "--force")
+    assert code == 0, err
+    assert not (earlier / "stale.safetensors").exists() and (earlier / "model.safetensors").is_file()
+
+
 def recipe_args(**kwargs) -> UptrainArguments:
     return UptrainArguments(**{"model_name_or_path": "google-t5/t5-small", "output_dir": "run", **kwargs})
 
@@ -228,7 +255,7 @@ def test_of_two_runs_to_the_same_output_the_one_finishing_last_refuses(tmp_path)
 def test_with_force_an_interruption_between_the_renames_keeps_the_old_output(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "who").write_text("old")
+    (out / "config.json").write_text("old")
     real = os.rename
 
     def rename(src, dst, *args, **kwargs):
@@ -239,14 +266,14 @@ def test_with_force_an_interruption_between_the_renames_keeps_the_old_output(tmp
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(KeyboardInterrupt):
         with atomic_output_dir(out, force=True) as tmp:
-            (tmp / "who").write_text("new")
-    assert (out / "who").read_text() == "old" and leftovers(tmp_path) == []
+            (tmp / "config.json").write_text("new")
+    assert (out / "config.json").read_text() == "old" and leftovers(tmp_path) == []
 
 
 def test_with_force_a_sigterm_between_the_renames_waits_for_both(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "who").write_text("old")
+    (out / "config.json").write_text("old")
     real = os.rename
 
     def rename(src, dst, *args, **kwargs):
@@ -257,8 +284,8 @@ def test_with_force_a_sigterm_between_the_renames_waits_for_both(tmp_path, monke
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(KeyboardInterrupt):
         with atomic_output_dir(out, force=True) as tmp:
-            (tmp / "who").write_text("new")
-    assert snapshot(tmp_path) == {"out": None, "out/who": b"new"}
+            (tmp / "config.json").write_text("new")
+    assert snapshot(tmp_path) == {"out": None, "out/config.json": b"new"}
 
 
 # --- 7. SIGTERM and kill -9 ------------------------------------------------------------------------------------------
@@ -293,12 +320,12 @@ def test_sigterm_inside_atomic_output_dir_leaves_nothing(tmp_path, force):
     out = tmp_path / "out"
     if force:
         out.mkdir()
-        (out / "who").write_text("old")
+        (out / "config.json").write_text("old")
     with pytest.raises(KeyboardInterrupt):
         with atomic_output_dir(out, force=force) as tmp:
             (tmp / "model.safetensors").write_bytes(b"0" * 1000)
             sigterm_now()
-    assert snapshot(tmp_path) == ({"out": None, "out/who": b"old"} if force else {})
+    assert snapshot(tmp_path) == ({"out": None, "out/config.json": b"old"} if force else {})
 
 
 CHILD = """
