@@ -129,18 +129,28 @@ def _keys(block: AttentionBlock) -> tuple[str, str, str, str]:
     return block.q_keys[0], block.kv_keys[0], block.kv_keys[1], block.o_key
 
 
+def fuses_projections(blocks: list[AttentionBlock]) -> bool:
+    """Whether a block has no separate q, k, v and o projections (GPT-2's c_attn): no K/V rows to align or fit."""
+    return any(not b.q_keys or not b.o_key or len(b.kv_keys) != 2 for b in blocks)
+
+
+def normalises_heads(config: dict, blocks: list[AttentionBlock]) -> bool:
+    """Whether queries and keys pass a per-head norm (a norm weight per head, or one shared by the heads, which the
+    family flags as approximate when pooling 2 heads to 1): its weights commute neither with a rotation of a head nor
+    with a per-plane scale, so no alignment or closed form can be compensated through it."""
+    family, _ = family_for(config)
+    return any(b.norm_keys for b in blocks) or bool(family.approximation(config, {b.kind: (2, 1) for b in blocks}))
+
+
 def aligned_refusal(config: dict, blocks: list[AttentionBlock]) -> str | None:
     """Why the aligned init cannot run on this model (one line), or None."""
     model_type = config.get("model_type")
-    family, _ = family_for(config)
-    # Per-head q/k norms (the family's own word, asked as if pooling 2 heads to 1): a norm's weights do not commute
-    # with a rotation of the head, so the alignment could not be compensated.
-    if any(b.norm_keys for b in blocks) or family.approximation(config, {b.kind: (2, 1) for b in blocks}):
+    if normalises_heads(config, blocks):
         return (
             f"--init aligned: {model_type} normalises queries and keys per head, which a rotation of a head does "
             "not commute with; use --init calibrated"
         )
-    if any(not b.q_keys or not b.o_key or len(b.kv_keys) != 2 for b in blocks):
+    if fuses_projections(blocks):
         return f"--init aligned: {model_type} fuses its q/k/v projections; use --init calibrated"
     return None
 

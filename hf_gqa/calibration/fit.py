@@ -26,7 +26,7 @@ from ..errors import HfGqaError
 from ..families import family_for
 from ..families.base import AttentionBlock
 from . import closed_form
-from .align import ADJACENT_ROPE, aligned_init, aligned_refusal
+from .align import ADJACENT_ROPE, aligned_init, aligned_refusal, fuses_projections, normalises_heads
 from .layerwise import find_stack, map_tensors, walk
 
 
@@ -67,12 +67,9 @@ def closed_form_refusal(config: dict, blocks: list[AttentionBlock]) -> str | Non
     model_type = config.get("model_type")
     if model_type in ADJACENT_ROPE:  # the closed form's planes are rotate_half's (j, j + r/2)
         return f"{model_type} rotates interleaved dims"
-    family, _ = family_for(config)
-    # per-head q/k norms (a norm weight per head, or one shared by the heads, which the family flags as
-    # approximate when pooling): a per-plane scale of a key cannot be moved into the queries through them
-    if any(b.norm_keys for b in blocks) or family.approximation(config, {b.kind: (2, 1) for b in blocks}):
+    if normalises_heads(config, blocks):  # a per-plane scale of a key cannot be moved into the queries through them
         return f"{model_type} normalises queries and keys per head"
-    if any(not b.q_keys or not b.o_key or len(b.kv_keys) != 2 for b in blocks):
+    if fuses_projections(blocks):
         return f"{model_type} fuses its projections"
     return None
 

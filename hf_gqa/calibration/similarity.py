@@ -32,12 +32,11 @@ from tqdm.auto import tqdm
 
 from ..core.options import declared
 from ..errors import HfGqaError
-from ..families import family_for
 from ..families.base import AttentionBlock
 from ..variants.simgqa.options import SimGQAOptions
 from ..variants.simgqa.reorder import ACTIVATION
 from ..variants.simgqa.variant import CALIBRATION_TEXT
-from .align import rope_planes
+from .align import fuses_projections, normalises_heads, rope_planes
 from .closed_form import augment
 from .fit import Projections, _Recorder, changed_blocks, rotary_dims
 from .layerwise import walk
@@ -78,11 +77,10 @@ def refusal(config: dict, blocks: list[AttentionBlock]) -> str | None:
     closed-form inits (`fit.closed_form_refusal`): fused q/k/v projections have no separate K/V rows to align, and
     per-head q/k norms do not commute with a rotation of a head. Interleaved RoPE is fine (`align.rope_planes`)."""
     model_type = config.get("model_type")
-    family, _ = family_for(config)
     why = None
-    if any(not b.q_keys or not b.o_key or len(b.kv_keys) != 2 for b in blocks):
+    if fuses_projections(blocks):
         why = f"{model_type} fuses its q/k/v projections"
-    elif any(b.norm_keys for b in blocks) or family.approximation(config, {b.kind: (2, 1) for b in blocks}):
+    elif normalises_heads(config, blocks):
         why = f"{model_type} normalises queries and keys per head, which a rotation of a head does not commute with"
     return f"--similarity activation: {why}; use --similarity query, key or value" if why else None
 
