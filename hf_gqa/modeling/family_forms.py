@@ -11,6 +11,8 @@ is the family's plus the form's suffix, so it is never loaded as the stock famil
 
 from collections.abc import Callable
 
+from torch import nn
+from transformers import PreTrainedModel
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.models.auto import modeling_auto
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -47,6 +49,25 @@ def form_auto_map(model_type: str, tag: str, config_module: str, modeling_module
         if model_type in names:
             auto_map[auto] = f"{modeling_module}.{form_class_name(names[model_type], tag)}"
     return auto_map
+
+
+def initialize_form(form, rule: Callable[[nn.Module], None]) -> None:
+    """transformers' `initialize_weights` walk over `form` (children first; a stock sub-model's modules by its own
+    rules), where a stock sub-model's modules also get hf-gqa's `rule`, which it does not know (the form's own
+    `_init_weights` applies it already). The stock `*ForCausalLM` holds a stock `*Model`, which transformers would
+    initialise with stock rules alone, leaving hf-gqa's modules in it uninitialised memory."""
+
+    def walk(module: nn.Module, owner) -> None:
+        for child in module.children():
+            walk(child, child if isinstance(child, PreTrainedModel) else owner)
+        # `is_custom_code=False`: transformers would otherwise count a module with no tensors of its own as
+        # initialised and skip the family's rules for its children; those rules and ours all draw through
+        # `transformers.initialization`, which leaves loaded tensors alone.
+        owner._initialize_weights(module, is_custom_code=False)
+        if owner is not form:
+            rule(module)
+
+    walk(form, form)
 
 
 def form_model_classes(

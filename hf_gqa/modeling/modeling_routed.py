@@ -13,11 +13,10 @@ the KV cache (`num_key_value_heads` heads) and generation are upstream code.
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .configuration_routed import ROUTED_CONFIGS, SUFFIX, TAG
-from .family_forms import form_model_classes
+from .family_forms import form_model_classes, initialize_form
 from .routing import ATTENTION_NAME, HeadRouting, register_attention, uniform_counts
 
 register_attention()
@@ -73,18 +72,6 @@ def _init_routing(module: nn.Module) -> None:
             init.zeros_(buffer)
 
 
-def _initialize(form, module: nn.Module, owner) -> None:
-    """transformers' `initialize_weights` walk (children first; a stock sub-model's modules by its own rules), where a
-    stock sub-model's modules also get hf-gqa's rules, which it does not know."""
-    for child in module.children():
-        _initialize(form, child, child if isinstance(child, PreTrainedModel) else owner)
-    # `is_custom_code=False`: transformers would otherwise count a module with no tensors of its own as initialised
-    # and skip the family's rules for its children; those rules and ours all draw through
-    # `transformers.initialization`, which leaves loaded tensors alone.
-    owner._initialize_weights(module, is_custom_code=False)
-    _init_routing(module)  # draws nothing: safe to apply to every module
-
-
 def _routed_model_class(base: type, config_class: type) -> type:
     class RoutedModel(base):
         def __init__(self, config):
@@ -101,10 +88,8 @@ def _routed_model_class(base: type, config_class: type) -> type:
         @torch.no_grad()
         @init.guard_torch_init_functions()
         def initialize_weights(self):
-            # Missing weights in `from_pretrained`, `init_weights` after building on the meta device. The stock
-            # `*ForCausalLM` holds a stock `*Model`, which transformers initialises with stock rules alone: its
-            # DGQA routing state stayed uninitialised memory.
-            _initialize(self, self, self)
+            # Missing weights in `from_pretrained`, `init_weights` after building on the meta device.
+            initialize_form(self, _init_routing)
 
     RoutedModel.__doc__ = f"[`{base.__name__}`] with routed self-attention (`self_attn.routing`, see `routing.py`)."
     return RoutedModel

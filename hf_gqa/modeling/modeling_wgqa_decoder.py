@@ -12,11 +12,10 @@ G heads, so the KV cache holds G heads while training. `hf_gqa.fold` gives the s
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .configuration_wgqa_decoder import SUFFIX, TAG, WGQA_CONFIGS
-from .family_forms import form_model_classes
+from .family_forms import form_model_classes, initialize_form
 from .weighted_kv import HeadMixer, WeightedKV, declared_init
 
 
@@ -59,19 +58,6 @@ def _init_weighted_kv(model, module: nn.Module) -> None:
         init.constant_(module.weight, module.init_value if declared is None else declared)
 
 
-def _initialize(form, module: nn.Module, owner) -> None:
-    """transformers' `initialize_weights` walk (children first; a stock sub-model's modules by its own rules), where a
-    stock sub-model's modules also get hf-gqa's rules, which it does not know."""
-    for child in module.children():
-        _initialize(form, child, child if isinstance(child, PreTrainedModel) else owner)
-    # `is_custom_code=False`: transformers would otherwise count a module with no tensors of its own as initialised
-    # and skip the family's rules for its children; those rules and ours all draw through
-    # `transformers.initialization`, which leaves loaded tensors alone.
-    owner._initialize_weights(module, is_custom_code=False)
-    if owner is not form:  # the form's own `_init_weights` already applies hf-gqa's rules
-        _init_weighted_kv(form, module)
-
-
 def _wgqa_model_class(base: type, config_class: type) -> type:
     class WGQAModel(base):
         def __init__(self, config):
@@ -85,11 +71,9 @@ def _wgqa_model_class(base: type, config_class: type) -> type:
         @torch.no_grad()
         @init.guard_torch_init_functions()
         def initialize_weights(self):
-            # Missing weights in `from_pretrained`, `init_weights` after building on the meta device. The stock
-            # `*ForCausalLM` holds a stock `*Model`, which transformers initialises with stock rules alone: its
-            # `WeightedKV`s and mixers stayed uninitialised memory. In the stock order, so with as many groups as
-            # heads the same seed draws what the stock family draws.
-            _initialize(self, self, self)
+            # Missing weights in `from_pretrained`, `init_weights` after building on the meta device, in the stock
+            # order: with as many groups as heads the same seed draws what the stock family draws.
+            initialize_form(self, lambda module: _init_weighted_kv(self, module))
 
     WGQAModel.__doc__ = (
         f"[`{base.__name__}`] in the WGQA training form: `self_attn.k_proj`/`v_proj` are [`WeightedKV`] projections."
