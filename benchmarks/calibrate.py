@@ -4,7 +4,7 @@ articles (../shared/data, skipped when absent). Calibration text: ACLSum *train*
 `--calibration-data` (e.g. the model's own samples, `benchmarks/generate_text.py`).
 
     python benchmarks/calibrate.py [--groups 1] [--inits mean aligned activation calibrated] [--distill-steps N]
-        [--calibration-data aclsum:train] [--json calibrate.json]
+        [--distill-data generated] [--calibration-data aclsum:train] [--json calibrate.json]
 
 Prints a table (perplexity, ratio to the source measured in the same run, seconds, peak RSS) and writes JSON.
 """
@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument(
         "--distill-lr", type=float, default=None, help="--calibration-distill-lr (with --distill-steps)"
     )
+    parser.add_argument(
+        "--distill-data", default=None, help="--calibration-distill-data, e.g. generated (with --distill-steps)"
+    )
     parser.add_argument("--calibration-data", default="aclsum:train", help="default: aclsum:train")
     parser.add_argument("--json", default="calibrate.json")
     args = parser.parse_args()
@@ -68,15 +71,16 @@ def main() -> None:
                     calibration_lr=args.lr,
                     calibration_distill_steps=args.distill_steps,
                     calibration_distill_lr=args.distill_lr,
+                    calibration_distill_data=args.distill_data,
                 )
         model = hf_gqa.convert(source, groups=args.groups, init=init, tokenizer=tokenizer, **options)
         seconds = time.perf_counter() - start
         with torch.no_grad():
             scores = {name: perplexity(model, tokenizer, texts) for name, texts in held_out.items()}
         label = f"{init} + {args.distill_steps} distill steps" if init == "calibrated" and args.distill_steps else init
-        label += (
-            f" (lr {args.distill_lr:g})" if init == "calibrated" and args.distill_steps and args.distill_lr else ""
-        )
+        if init == "calibrated" and args.distill_steps:
+            label += f" (lr {args.distill_lr:g})" if args.distill_lr else ""
+            label += f" on {args.distill_data}" if args.distill_data else ""
         rows.append({"init": label, **scores, "seconds": seconds, "peak_rss_mib": peak_rss_mib()})
         del model
     header = ["init", *(f"{name} ppl (x source)" for name in held_out), "seconds", "peak RSS MiB"]

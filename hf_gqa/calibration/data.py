@@ -1,14 +1,19 @@
-"""Calibration batches: texts tokenized, joined with the end-of-sequence token and cut into equal sequences."""
+"""Calibration batches: texts tokenized, joined with the end-of-sequence token and cut into equal sequences; or
+sequences the model samples itself (`generated_batches`, `--calibration-distill-data generated`)."""
 
 import random
 
 import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
 from ..errors import HfGqaError
 from ..io.texts import read_texts
 
 BATCH_SIZE = 4  # sequences per forward pass (and per Adam step of the calibrated init)
 CHARS_PER_TOKEN = 12  # how much of a Hub dataset to read: about 3 times the tokens needed, for English text
+GENERATED = "generated"  # the --calibration-distill-data value for the model's own samples
+GENERATION_BATCH = 16  # sequences sampled at a time
 
 
 def token_chunks(tokenizer, texts: list[str], samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
@@ -52,4 +57,40 @@ def calibration_batches(model, tokenizer, data: str, samples: int, seq_len: int,
     return batches
 
 
-__all__ = ["BATCH_SIZE", "calibration_batches", "token_chunks"]
+@torch.no_grad()
+def generated_batches(
+    model, tokenizer, samples: int, seq_len: int, seed: int = 0, progress: bool = True
+) -> list[dict]:
+    """Batches of `samples` sequences of `seq_len` tokens that the decoder-only `model` samples itself: each from the
+    start token (BOS, else EOS) alone, at temperature 1 with no top-k or top-p (the model's own next-token
+    distribution, none of its generation_config's settings), never ending early, seeded by `seed` without touching
+    the global RNG. Text of no domain but the model's: what a distillation that should generalise beyond the
+    calibration text's domain can be run on."""
+    if model.config.is_encoder_decoder:
+        raise HfGqaError(f"--calibration-distill-data {GENERATED} applies to decoder-only models; give a text instead")
+    if tokenizer is None:
+        raise HfGqaError(f"--calibration-distill-data {GENERATED} needs the model's tokenizer: none was found")
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise HfGqaError(
+            f"--calibration-distill-data {GENERATED}: the tokenizer has no BOS or EOS token to start from"
+        )
+    new = seq_len - 1
+    config = GenerationConfig(
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=start,
+    )  # fmt: skip
+    rows = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for first in tqdm(
+            range(0, samples, GENERATION_BATCH), desc="sampling text from the source", disable=not progress
+        ):
+            ids = torch.full((min(GENERATION_BATCH, samples - first), 1), start, device=model.device)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+            rows.append(out[:, :seq_len].cpu())
+    ids = torch.cat(rows)
+    return [{"input_ids": ids[i : i + BATCH_SIZE]} for i in range(0, len(ids), BATCH_SIZE)]
+
+
+__all__ = ["BATCH_SIZE", "GENERATED", "calibration_batches", "generated_batches", "token_chunks"]

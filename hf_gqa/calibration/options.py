@@ -66,6 +66,14 @@ class CalibrationOptions:
         metavar="S",
         variants=VARIANTS,
     )
+    calibration_distill_data: str | None = option(
+        help="--calibration-distill-steps: text to distil on: 'generated' (--calibration-samples sequences of "
+        "--calibration-seq-len tokens that the source samples itself, temperature 1, seeded; decoder-only models), "
+        "or a file or dataset as for --calibration-data (default: the calibration text)",
+        type=str,
+        metavar="DATA",
+        variants=VARIANTS,
+    )
     calibration_distill_lr: float | None = option(
         help="--calibration-distill-steps: the Adam learning rate (default: "
         f"{DEFAULTS['calibration_distill_lr']:g}; the blocks are already fitted, the step is small)",
@@ -82,6 +90,7 @@ NAMES = (
     "calibration_steps",
     "calibration_lr",
     "calibration_distill_steps",
+    "calibration_distill_data",
     "calibration_distill_lr",
 )
 
@@ -105,8 +114,9 @@ def check_calibration(spec) -> None:
             value = getattr(spec, name)
             if value is not None and not value > 0:
                 raise HfGqaError(f"--{name.replace('_', '-')} must be positive; got {value}")
-        if spec.calibration_distill_lr is not None and not spec.calibration_distill_steps:
-            raise HfGqaError("--calibration-distill-lr applies with --calibration-distill-steps")
+        for name in ("calibration_distill_lr", "calibration_distill_data"):
+            if getattr(spec, name) is not None and not spec.calibration_distill_steps:
+                raise HfGqaError(f"--{name.replace('_', '-')} applies with --calibration-distill-steps")
         return
     named = [name for name in NAMES if getattr(spec, name) is not None]
     if named:

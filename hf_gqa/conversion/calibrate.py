@@ -5,7 +5,7 @@ similarity (`--similarity activation`), measured on the source before the plan (
 
 from functools import partial
 
-from ..calibration.data import calibration_batches
+from ..calibration.data import GENERATED, calibration_batches, generated_batches
 from ..calibration.distill import distill
 from ..calibration.fit import BlockReport, calibrate, converted_blocks, fit_layers, trainable
 from ..calibration.layerwise import find_stack
@@ -68,8 +68,18 @@ def calibrate_converted(source, converted, plan: ConversionPlan, spec, tokenizer
     if options["calibration_distill_steps"]:
         params = [p for b in blocks for p in trainable(converted.get_submodule(b.prefix))]
         steps, lr = options["calibration_distill_steps"], options["calibration_distill_lr"]
-        distill(source, converted, params, batches, steps, spec.seed, progress, lr=lr)
+        text = _distill_batches(source, spec, tokenizer, progress) if options["calibration_distill_data"] else batches
+        distill(source, converted, params, text, steps, spec.seed, progress, lr=lr)
     return reports
+
+
+def _distill_batches(source, spec, tokenizer, progress: bool) -> list[dict]:
+    """`--calibration-distill-data`: the source's own samples, or another text, as many sequences as calibration."""
+    options = resolved(spec)
+    data, samples, seq_len = (options[f"calibration_{k}"] for k in ("distill_data", "samples", "seq_len"))
+    if data == GENERATED:
+        return generated_batches(source, tokenizer, samples, seq_len, seed=spec.seed, progress=progress)
+    return calibration_batches(source, tokenizer, data, samples, seq_len, seed=spec.seed)
 
 
 def distills(spec) -> bool:

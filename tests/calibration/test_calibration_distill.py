@@ -1,11 +1,15 @@
 """The end-to-end distillation that can follow the calibrated init (`--calibration-distill-steps`). Oracle: the KL
 divergence of the source's and the converted model's next-token distributions, written out here."""
 
+import math
+
 import pytest
 import torch
+from conftest import make_t5
 from tiny_decoders import make
 
 import hf_gqa
+from hf_gqa.calibration.data import generated_batches
 from hf_gqa.calibration.distill import distill
 from hf_gqa.conversion.memory import convert_model
 from hf_gqa.errors import HfGqaError
@@ -97,3 +101,95 @@ def test_distill_lr_reaches_the_distillation_and_is_checked(monkeypatch, tmp_pat
         hf_gqa.convert(source, **options, calibration_distill_steps=2, calibration_distill_lr=0)
     with pytest.raises(HfGqaError, match="--calibration-distill-lr applies with --calibration-distill-steps"):
         hf_gqa.convert(source, **options, calibration_distill_lr=1e-3)
+
+
+class _Tokenizer:
+    bos_token_id, eos_token_id = 1, 2
+
+
+def fixed_distribution_phi(probs: dict[int, float]):
+    """A tiny Phi whose next-token distribution is `probs` whatever the context: its final LayerNorm outputs zeros,
+    so the logits are the lm_head's bias, set to log-probabilities (-inf elsewhere)."""
+    model = make("phi", kv_heads=8)
+    with torch.no_grad():
+        model.model.final_layernorm.weight.zero_()
+        model.model.final_layernorm.bias.zero_()
+        model.lm_head.bias.fill_(-1e4)
+        for token, p in probs.items():
+            model.lm_head.bias[token] = math.log(p)
+    return model
+
+
+def test_generated_batches_sample_the_models_own_distribution():
+    probs = {5: 0.6, 9: 0.3, 2: 0.1}  # 2 is EOS: never sampled (the sequences do not end early)
+    model = fixed_distribution_phi(probs)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    batches = generated_batches(model, _Tokenizer(), samples=10, seq_len=201, seed=0, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
+    assert [b["input_ids"].shape for b in batches] == [(4, 201), (4, 201), (2, 201)]
+    ids = torch.cat([b["input_ids"] for b in batches])
+    assert (ids[:, 0] == 1).all()  # each sequence starts from BOS alone
+    sampled = ids[:, 1:].flatten()
+    assert set(sampled.tolist()) == {5, 9}
+    # without EOS, token 5 has probability 0.6 / 0.9: 2,000 draws, 5 standard deviations either side (a temperature
+    # of 0.5 would give 0.8, 13 standard deviations off)
+    share, sd = (sampled == 5).float().mean().item(), math.sqrt(2 / 3 * 1 / 3 / len(sampled))
+    assert abs(share - 2 / 3) < 5 * sd, share
+    again = generated_batches(model, _Tokenizer(), samples=10, seq_len=201, seed=0, progress=False)
+    other = generated_batches(model, _Tokenizer(), samples=10, seq_len=201, seed=1, progress=False)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again, strict=True))
+    assert not all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, other, strict=True))
+
+
+def test_generated_batches_ignore_the_models_generation_config():
+    model = fixed_distribution_phi({5: 0.5, 9: 0.5})
+    model.generation_config.do_sample = False  # greedy would give one token only
+    model.generation_config.top_k = 1
+    ids = torch.cat([b["input_ids"] for b in generated_batches(model, _Tokenizer(), 4, 65, progress=False)])
+    assert set(ids[:, 1:].flatten().tolist()) == {5, 9}
+
+
+def test_generated_distillation_text_is_refused_where_it_cannot_be_made():
+    class NoSpecialTokens:
+        bos_token_id = eos_token_id = None
+
+    with pytest.raises(HfGqaError, match="decoder-only"):
+        generated_batches(make_t5(), _Tokenizer(), 4, 16, progress=False)
+    with pytest.raises(HfGqaError, match="no BOS or EOS"):
+        generated_batches(make("llama"), NoSpecialTokens(), 4, 16, progress=False)
+    with pytest.raises(HfGqaError, match="tokenizer"):
+        generated_batches(make("llama"), None, 4, 16, progress=False)
+
+
+def test_distill_data_chooses_the_distillation_text(monkeypatch, tmp_path):
+    from hf_gqa.conversion import calibrate
+
+    seen = {}
+    monkeypatch.setattr(calibrate, "distill", lambda s, t, p, batches, *a, **k: seen.update(batches=batches))
+    monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: [])
+    monkeypatch.setattr(calibrate, "_batches", lambda *a, **k: ["the calibration text"])
+    monkeypatch.setattr(calibrate, "generated_batches", lambda *a, **k: ["generated", a[2:], k["seed"]])
+    monkeypatch.setattr(calibrate, "calibration_batches", lambda *a, **k: ["read", a[2:], k["seed"]])
+    source = make("llama", kv_heads=8)
+    options = dict(groups=2, init="calibrated", calibration_data="x.txt", tokenizer=object(), seed=3)
+    hf_gqa.convert(source, **options, calibration_distill_steps=2)
+    assert seen["batches"] == ["the calibration text"]
+    hf_gqa.convert(source, **options, calibration_distill_steps=2, calibration_distill_data="generated")
+    assert seen["batches"] == ["generated", (32, 256), 3]
+    hf_gqa.convert(
+        source, **options, calibration_distill_steps=2, calibration_distill_data="news.jsonl", calibration_samples=8
+    )
+    assert seen["batches"] == ["read", ("news.jsonl", 8, 256), 3]
+    with pytest.raises(HfGqaError, match="--calibration-distill-data applies with --calibration-distill-steps"):
+        hf_gqa.convert(source, **options, calibration_distill_data="generated")
+
+
+def test_distill_data_is_a_cli_flag(capsys, tmp_path):
+    from helpers import one_error_line, run
+
+    source = tmp_path / "llama"
+    make("llama", kv_heads=8).save_pretrained(source)
+    argv = ["convert", source, "--groups", 2, "--init", "calibrated", "--calibration-data", "x.txt"]
+    code, _, err = run(capsys, *argv, "--calibration-distill-data", "generated", "-o", tmp_path / "out")
+    assert code == 2 and "--calibration-distill-data applies with --calibration-distill-steps" in one_error_line(err)
