@@ -1,6 +1,7 @@
 """A short end-to-end distillation after the block-wise fit (`--calibration-distill-steps`): the converted blocks'
-projections trained so that the converted model's next-token distributions match the source's on the calibration
-text (KL(source || converted), every position). Both models in memory; the source runs without gradients."""
+projections trained so that the converted model's next-token distributions match the source's on the distillation
+text (KL(source || converted), every position): by default for a decoder-only model text the source samples itself
+(`data.generated_batches`). Both models in memory; the source runs without gradients."""
 
 import math
 

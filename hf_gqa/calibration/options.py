@@ -60,7 +60,7 @@ class CalibrationOptions:
     )
     calibration_distill_steps: int | None = option(
         help="--init calibrated: then Adam steps (at --calibration-distill-lr) of end-to-end distillation of the "
-        "converted blocks from the source on the calibration text, KL of the next-token distributions; needs both "
+        "converted blocks from the source (on --calibration-distill-data), KL of the next-token distributions; needs both "
         f"models in memory (default: {DEFAULTS['calibration_distill_steps']})",
         type=int,
         metavar="S",
@@ -69,7 +69,8 @@ class CalibrationOptions:
     calibration_distill_data: str | None = option(
         help="--calibration-distill-steps: text to distil on: 'generated' (--calibration-samples sequences of "
         "--calibration-seq-len tokens that the source samples itself, temperature 1, seeded; decoder-only models), "
-        "or a file or dataset as for --calibration-data (default: the calibration text)",
+        "or a file or dataset as for --calibration-data (default: generated for a decoder-only model, the "
+        "calibration text for T5)",
         type=str,
         metavar="DATA",
         variants=VARIANTS,

@@ -1,6 +1,7 @@
 """The end-to-end distillation that can follow the calibrated init (`--calibration-distill-steps`). Oracle: the KL
 divergence of the source's and the converted model's next-token distributions, written out here."""
 
+import json
 import math
 
 import pytest
@@ -91,6 +92,7 @@ def test_distill_lr_reaches_the_distillation_and_is_checked(monkeypatch, tmp_pat
     monkeypatch.setattr(calibrate, "distill", spy)
     monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: [])
     monkeypatch.setattr(calibrate, "_batches", lambda *a, **k: [])
+    monkeypatch.setattr(calibrate, "generated_batches", lambda *a, **k: [])
     source = make("llama", kv_heads=8)
     options = dict(groups=2, init="calibrated", calibration_data="x.txt", tokenizer=object())
     hf_gqa.convert(source, **options, calibration_distill_steps=3, calibration_distill_lr=5e-4)
@@ -173,7 +175,9 @@ def test_distill_data_chooses_the_distillation_text(monkeypatch, tmp_path):
     monkeypatch.setattr(calibrate, "calibration_batches", lambda *a, **k: ["read", a[2:], k["seed"]])
     source = make("llama", kv_heads=8)
     options = dict(groups=2, init="calibrated", calibration_data="x.txt", tokenizer=object(), seed=3)
-    hf_gqa.convert(source, **options, calibration_distill_steps=2)
+    hf_gqa.convert(source, **options, calibration_distill_steps=2)  # the default for a decoder-only model
+    assert seen["batches"] == ["generated", (32, 256), 3]
+    hf_gqa.convert(make_t5(), **options, calibration_distill_steps=2)  # and for an encoder-decoder one
     assert seen["batches"] == ["the calibration text"]
     hf_gqa.convert(source, **options, calibration_distill_steps=2, calibration_distill_data="generated")
     assert seen["batches"] == ["generated", (32, 256), 3]
@@ -193,3 +197,19 @@ def test_distill_data_is_a_cli_flag(capsys, tmp_path):
     argv = ["convert", source, "--groups", 2, "--init", "calibrated", "--calibration-data", "x.txt"]
     code, _, err = run(capsys, *argv, "--calibration-distill-data", "generated", "-o", tmp_path / "out")
     assert code == 2 and "--calibration-distill-data applies with --calibration-distill-steps" in one_error_line(err)
+
+
+def test_convert_cli_distils_on_generated_text_by_default(tiny_llama, tmp_path, capsys):
+    """End to end, a decoder-only model with a real tokenizer (no BOS: sampling starts from EOS)."""
+    from helpers import run
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(f"Line {i} of a calibration text about attention heads." for i in range(40)))
+    out = tmp_path / "out"
+    argv = ["convert", tiny_llama, "--groups", 2, "--init", "calibrated", "--calibration-data", text, "-o", out]
+    argv += ["--calibration-samples", 4, "--calibration-seq-len", 16, "--calibration-steps", 2]
+    code, _, err = run(capsys, *argv, "--calibration-distill-steps", 2)
+    assert code == 0, err
+    assert "sampling text from the source" in err and "distilling from the source" in err
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["num_key_value_heads"] == 2
