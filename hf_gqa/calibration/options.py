@@ -60,8 +60,8 @@ class CalibrationOptions:
     )
     calibration_distill_steps: int | None = option(
         help="--init calibrated: then Adam steps (at --calibration-distill-lr) of end-to-end distillation of the "
-        "converted blocks from the source (on --calibration-distill-data), KL of the next-token distributions; needs both "
-        f"models in memory (default: {DEFAULTS['calibration_distill_steps']})",
+        "converted blocks from the source (on --calibration-distill-data), KL of the next-token distributions; "
+        f"needs both models in memory (default: {DEFAULTS['calibration_distill_steps']})",
         type=int,
         metavar="S",
         variants=VARIANTS,
