@@ -10,6 +10,9 @@
 #   VARIANTS="dgqa kdgqa" bash recipes/real_run.sh runs/real-routed       # routed attention on the 3 K/V heads
 #   VARIANTS="mqa_cal_kd mqa_cal mqa_kd mqa_cal0 mqa0" bash recipes/real_run.sh runs/real-quality
 #       # MQA from {mean, calibrated} x {cross-entropy, distillation}, and both inits before any training (0 steps)
+#   VARIANTS="mqa_calg0 mqa_calg_kd" bash recipes/real_run.sh runs/real-quality
+#       # MQA calibrated with today's defaults and distilled on generated text while converting: untrained, and
+#       # uptrained with distillation
 #
 # Train: the 250 FRANK articles (raw text); evaluate: the first 40 of the 193 SummEval/REALSumm articles (no
 # overlap; PTB-tokenised text); references: `highlights_detok`. See ../shared/data/README.md. Settings sized for a
@@ -36,6 +39,7 @@ run() {  # run NAME [conversion options...]
 
 cal="--convert-init calibrated --convert-calibration-data aclsum --convert-calibration-samples 32"
 cal+=" --convert-calibration-steps 60"  # pinned: the library's defaults when these runs were made
+cal_now="--convert-init calibrated --convert-calibration-data aclsum --convert-calibration-samples 32"
 declare -A options=(
   [mha]="--convert-variant mha" [gqa3]="" [mqa]="--convert-variant mqa"
   [dgqa]="--convert-variant dgqa --groups 3 --convert-window 50" [kdgqa]="--convert-variant kdgqa --groups 3"
@@ -43,6 +47,10 @@ declare -A options=(
   [mqa_cal]="--convert-variant mqa $cal" [mqa_cal_kd]="--convert-variant mqa $cal --distill"
   [mqa_kd]="--convert-variant mqa --distill" [mqa_cal0]="--convert-variant mqa $cal --max-train-steps 0"
   [mqa0]="--convert-variant mqa --max-train-steps 0"
+  # calibrated with today's defaults (150 steps per block), then 60 steps of distillation on text the source samples
+  # itself (--convert-calibration-distill-steps; README "Calibrated initialisation")
+  [mqa_calg0]="--convert-variant mqa $cal_now --convert-calibration-distill-steps 60 --max-train-steps 0"
+  [mqa_calg_kd]="--convert-variant mqa $cal_now --convert-calibration-distill-steps 60 --distill"
 )
 runs=()
 for name in $variants; do
