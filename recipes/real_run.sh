@@ -13,6 +13,7 @@
 #   VARIANTS="mqa_calg0 mqa_calg_kd" bash recipes/real_run.sh runs/real-quality
 #       # MQA calibrated with today's defaults and distilled on generated text while converting: untrained, and
 #       # uptrained with distillation
+#   VARIANTS="gqa0" bash recipes/real_run.sh runs/real-gqa0   # the source as shipped, scored before any training
 #
 # Train: the 250 FRANK articles (raw text); evaluate: the first 40 of the 193 SummEval/REALSumm articles (no
 # overlap; PTB-tokenised text); references: `highlights_detok`. See ../shared/data/README.md. Settings sized for a
@@ -46,7 +47,7 @@ declare -A options=(
   # calibrated MQA: calibrated on ACLSum train (papers, another domain than the news it is trained and scored on)
   [mqa_cal]="--convert-variant mqa $cal" [mqa_cal_kd]="--convert-variant mqa $cal --distill"
   [mqa_kd]="--convert-variant mqa --distill" [mqa_cal0]="--convert-variant mqa $cal --max-train-steps 0"
-  [mqa0]="--convert-variant mqa --max-train-steps 0"
+  [mqa0]="--convert-variant mqa --max-train-steps 0" [gqa0]="--max-train-steps 0"  # gqa0: the source, untrained
   # calibrated with today's defaults (150 steps per block), then 60 steps of distillation on text the source samples
   # itself (--convert-calibration-distill-steps; README "Calibrated initialisation")
   [mqa_calg0]="--convert-variant mqa $cal_now --convert-calibration-distill-steps 60 --max-train-steps 0"
