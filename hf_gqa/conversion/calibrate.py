@@ -68,24 +68,24 @@ def calibrate_converted(source, converted, plan: ConversionPlan, spec, tokenizer
     if options["calibration_distill_steps"]:
         params = [p for b in blocks for p in trainable(converted.get_submodule(b.prefix))]
         steps, lr = options["calibration_distill_steps"], options["calibration_distill_lr"]
-        text = _distill_batches(source, spec, tokenizer, progress) or batches
+        text = _distill_batches(source, options, spec.seed, tokenizer, progress) or batches
         distill(source, converted, params, text, steps, spec.seed, progress, lr=lr)
     return reports
 
 
-def _distill_batches(source, spec, tokenizer, progress: bool) -> list[dict] | None:
+def _distill_batches(source, options: dict, seed: int, tokenizer, progress: bool) -> list[dict] | None:
     """`--calibration-distill-data`: the source's own samples (the default for a decoder-only model: on SmolLM2 it
     generalised to another domain than the calibration text's far better), or another text, as many sequences as
-    the calibration's; None: the calibration text (the default for an encoder-decoder model)."""
-    options = resolved(spec)
+    the calibration's; None: the calibration text (the default for an encoder-decoder model). `options`: the
+    resolved calibration options."""
     data, samples, seq_len = (options[f"calibration_{k}"] for k in ("distill_data", "samples", "seq_len"))
     if data is None and not source.config.is_encoder_decoder:
         data = GENERATED
     if data is None:
         return None
     if data == GENERATED:
-        return generated_batches(source, tokenizer, samples, seq_len, seed=spec.seed, progress=progress)
-    return calibration_batches(source, tokenizer, data, samples, seq_len, seed=spec.seed)
+        return generated_batches(source, tokenizer, samples, seq_len, seed=seed, progress=progress)
+    return calibration_batches(source, tokenizer, data, samples, seq_len, seed=seed)
 
 
 def distills(spec) -> bool:
