@@ -110,3 +110,18 @@ def initialised_on_meta(build, *args, seed: int | None = None, **kwargs):
         torch.manual_seed(seed)
     model.init_weights()
     return model
+
+
+def missing_mixers_start_at(folder, model, auto_class, dropped, expected: float) -> tuple[int, int]:
+    """Save the WGQA training form `model` to `folder`, drop the mixer weights `dropped(key)` names, reload it with
+    `auto_class`, and build one from its config on the meta device: every dropped mixer and every built one must
+    equal `expected`. Returns how many were dropped and built."""
+    model.save_pretrained(folder)
+    mixers = drop(folder, lambda key: not (key.endswith("mixer.weight") and dropped(key)))
+    loaded = auto_class.from_pretrained(folder).state_dict()
+    for key in mixers:
+        assert torch.equal(loaded[key], torch.full_like(loaded[key], expected)), key
+    built = initialised_on_meta(auto_class.from_config, model.config)
+    weights = [p for name, p in built.named_parameters() if name.endswith("mixer.weight")]
+    assert all(torch.equal(w, torch.full_like(w, expected)) for w in weights)
+    return len(mixers), len(weights)

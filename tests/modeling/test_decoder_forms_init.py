@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import transformers
-from helpers import drop, initialised_on_meta
+from helpers import drop, initialised_on_meta, missing_mixers_start_at
 from tiny_decoders import make, make_gpt2
 from transformers import AutoModelForCausalLM
 
@@ -148,12 +148,7 @@ def test_missing_mixers_start_at_the_declared_initial_value(tmp_path, weights_in
     """A checkpoint converted with `--weights-init 0.5` records it (`gqa_init: "0.5"`): a mixer it lacks starts there,
     as the converted ones did; `mean` (groups of 4) starts at 1/4."""
     model = hf_gqa.convert(make("llama"), variant="wgqa", groups=2, weights_init=weights_init)
-    model.save_pretrained(tmp_path / "form")
-    mixers = drop(tmp_path / "form", lambda key: not key.endswith("mixer.weight") or ".layers.1." not in key)
-    assert len(mixers) == 2
-    state = AutoModelForCausalLM.from_pretrained(tmp_path / "form").state_dict()
-    for key in mixers:
-        assert torch.equal(state[key], torch.full_like(state[key], expected)), key
-    built = initialised_on_meta(AutoModelForCausalLM.from_config, model.config)
-    weights = [p for name, p in built.named_parameters() if name.endswith("mixer.weight")]
-    assert len(weights) == 4 and all(torch.equal(w, torch.full_like(w, expected)) for w in weights)
+    dropped, built = missing_mixers_start_at(
+        tmp_path / "form", model, AutoModelForCausalLM, lambda key: ".layers.1." in key, expected
+    )
+    assert dropped == 2 and built == 4
